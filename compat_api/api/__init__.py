@@ -1,0 +1,1 @@
+"""HTTP layer: the app factory, one module per rerank dialect, and the error map."""

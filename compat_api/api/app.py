@@ -1,0 +1,56 @@
+"""The FastAPI app factory: routers of every dialect, error handlers, and the model lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from compat_api import __version__
+from compat_api.api import cohere, health, legacy
+from compat_api.api.errors import install_error_handlers
+from compat_api.core.registry import ModelRegistry
+from compat_api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Rerank API server for cross-encoder rerankers (BAAI/bge-reranker-v2-m3 and friends).
+
+* `POST /rerank` — the original API: `{query, compare_to}` → `{data, object}`
+* `POST /v1/rerank` — Cohere v1 / Jina: `{query, documents, top_n, return_documents}`
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the lifespan loads and warms the model before traffic is served."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.status = "loading"
+        registry = ModelRegistry(settings)
+        await asyncio.to_thread(registry.load)
+        if settings.warmup:
+            await asyncio.to_thread(registry.warm_up)
+        registry.start()
+        app.state.registry = registry
+        app.state.status = "ok"
+        log.info("ready: serving %s", ", ".join(m.info.name for m in registry.models))
+        try:
+            yield
+        finally:
+            app.state.status = "stopping"
+            await registry.close()
+
+    app = FastAPI(title="compat-api rerank server", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(legacy.router)
+    app.include_router(cohere.router)
+    return app

@@ -1,0 +1,137 @@
+"""The Cohere v1 / Jina rerank dialect: `POST /v1/rerank`.
+
+Spec: Cohere's v1 rerank API (https://docs.cohere.com/v1/reference/rerank) and Jina's rerank
+API, as their clients use them (shared/api/clients.md): results sorted by relevance, `document`
+only when asked and never null, every optional field nullable, unknown fields ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from compat_api.api.deps import Registry
+from compat_api.api.errors import ERROR_RESPONSES
+from compat_api.core.errors import InvalidInput
+from compat_api.core.ranking import search_units
+from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
+
+router = APIRouter(tags=["rerank (Cohere / Jina)"])
+
+EXAMPLE = {
+    "model": "bge-reranker-v2-m3",
+    "query": "What is the capital of France?",
+    "documents": ["Berlin is the capital of Germany.", "Paris is the capital of France.", "Cats are small animals."],
+    "top_n": 2,
+    "return_documents": True,
+}
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere v1 / Jina rerank request."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE]})
+
+    model: str | None = Field(None, description="Any name works when one model is served.")
+    query: str
+    documents: list[str | dict[str, Any]] = Field(
+        description="Texts, or objects ranked on `text` (or on `rank_fields`)."
+    )
+    top_n: int | None = Field(None, ge=0, description="How many results; null, 0 or more than given means all.")
+    return_documents: bool | None = Field(None, description="Include each document in its result.")
+    rank_fields: list[str] | None = Field(None, description="Object fields ranked on, in order (Cohere v1).")
+    max_chunks_per_doc: int | None = Field(None, ge=0, description="Cohere v1 chunking (accepted).")
+
+
+class CohereResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = Field(
+        None, description="`{text}` (or the object sent), present only when return_documents is true."
+    )
+
+
+class ApiVersion(BaseModel):
+    version: str = "1"
+
+
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class Tokens(BaseModel):
+    input_tokens: int
+    output_tokens: int = 0
+
+
+class Meta(BaseModel):
+    api_version: ApiVersion = ApiVersion()
+    billed_units: BilledUnits
+    tokens: Tokens
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[CohereResult]
+    meta: Meta
+    usage: Usage
+
+
+def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
+    """The text a document is ranked on: the string, its `text`, or its `rank_fields` in order."""
+    if isinstance(doc, str):
+        return doc
+    fields = rank_fields or ["text"]
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise InvalidInput(
+            f"documents[{index}] has no field {missing[0]!r} to rank on", field=f"documents[{index}].{missing[0]}"
+        )
+    if rank_fields is None:
+        value = doc["text"]
+        return value if isinstance(value, str) else str(value)
+    return "\n".join(f"{f}: {doc[f]}" for f in fields)
+
+
+def to_core(body: CohereRerankRequest) -> RerankQuery:
+    texts = [document_text(doc, i, body.rank_fields) for i, doc in enumerate(body.documents)]
+    return RerankQuery(query=body.query, documents=texts, model=body.model, top_n=body.top_n)
+
+
+def result_document(doc: str | dict[str, Any]) -> dict[str, Any]:
+    return {"text": doc} if isinstance(doc, str) else doc
+
+
+def from_core(outcome: RerankOutcome, body: CohereRerankRequest) -> CohereRerankResponse:
+    results = [
+        CohereResult(
+            index=i,
+            relevance_score=outcome.scores[i],
+            document=result_document(body.documents[i]) if body.return_documents else None,
+        )
+        for i in outcome.order
+    ]
+    return CohereRerankResponse(
+        id=str(uuid.uuid4()),
+        model=outcome.model,
+        results=results,
+        meta=Meta(billed_units=BilledUnits(search_units=search_units(outcome.documents)),
+                  tokens=Tokens(input_tokens=outcome.tokens)),
+        usage=Usage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens),
+    )
+
+
+@router.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES)
+async def cohere_v1_rerank(body: CohereRerankRequest, registry: Registry) -> CohereRerankResponse:
+    """Rank `documents` by relevance to `query` (Cohere v1 / Jina shape)."""
+    return from_core(await rerank(registry, to_core(body)), body)

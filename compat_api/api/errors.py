@@ -1,0 +1,142 @@
+"""The one place where errors become HTTP: core errors to status codes, each dialect's error body.
+
+Every error body carries `detail` and `message` (Jina, LangChain, LlamaIndex and Xinference read
+`detail`; Cohere reads `message`) plus the `field` at fault and a machine-readable `type`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from compat_api.core.errors import (
+    CoreError,
+    EmptyInput,
+    InvalidInput,
+    ModelFailure,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The error body of every route: `detail` and `message` say the same readable sentence."""
+
+    detail: str
+    message: str
+    type: str
+    field: str | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "Malformed JSON or an empty document list"),
+        (404, "Unknown model"),
+        (422, "A field has the wrong type or value"),
+        (429, "The model's queue is full; see Retry-After"),
+        (500, "The model failed while scoring"),
+        (503, "The model is not ready"),
+    )
+}
+
+# (error class, status, type) — the first match wins, so subclasses come first.
+STATUS_OF: Sequence[tuple[type[CoreError], int, str]] = (
+    (EmptyInput, 400, "empty"),
+    (InvalidInput, 422, "validation"),
+    (ModelNotFound, 404, "model_not_found"),
+    (Overloaded, 429, "overloaded"),
+    (ModelNotReady, 503, "unhealthy"),
+    (ModelLoadError, 503, "unhealthy"),
+    (ModelFailure, 500, "backend"),
+)
+
+
+def status_of(exc: CoreError) -> tuple[int, str]:
+    for cls, status, kind in STATUS_OF:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal"
+
+
+def error_response(status: int, message: str, kind: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(detail=message, message=message, type=kind, field=field)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+# Union-member tags pydantic puts into error locations ('str', 'DocumentObject', 'function-after[...]').
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[A-Z]\w*|[\w-]+\[.*\])$")
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """`("body", "documents", 0, "str")` -> `documents[0]`."""
+    parts: list[str] = []
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif _TYPE_TAG.match(part):
+            continue
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts) or "body"
+
+
+def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str]:
+    """Status, readable message and first field of a request validation failure."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        err = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+        return 400, f"body: malformed JSON: {reason}", "body"
+    seen: dict[str, str] = {}
+    for err in errors:
+        loc = err.get("loc", ())
+        path = field_path(loc)
+        if err.get("type") == "missing" and tuple(loc) == ("body",):
+            seen.setdefault("body", "a JSON request body is required")
+            continue
+        seen.setdefault(path, str(err.get("msg", "invalid value")))
+    message = "; ".join(f"{path}: {msg}" for path, msg in seen.items())
+    return 422, message, next(iter(seen), "body")
+
+
+async def _on_core_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CoreError)
+    status, kind = status_of(exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    if status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+    return error_response(status, exc.message, kind, exc.field, headers)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    status, message, field = describe_validation(exc.errors())
+    return error_response(status, message, "validation" if status == 422 else "invalid_json", field)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    return error_response(exc.status_code, detail, kinds.get(exc.status_code, "http"), None,
+                          dict(exc.headers) if exc.headers else None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CoreError, _on_core_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -1,0 +1,73 @@
+"""Liveness, readiness and the landing redirect: `GET /health`, `GET /`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel
+
+from compat_api.core.errors import CoreError
+from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ServedModel
+
+router = APIRouter(tags=["health"])
+
+PROBE_TIMEOUT_S = 10.0
+
+
+class ModelHealth(BaseModel):
+    name: str
+    kind: str
+    device: str
+    dtype: str
+    max_length: int
+    load_seconds: float
+    ready: bool
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    models: list[ModelHealth]
+
+
+async def probe(served: ServedModel, max_age: float) -> str | None:
+    """None when a real scoring call works (recently seen, or tried now); else why not."""
+    if time.monotonic() - served.engine.last_success <= max_age:
+        return None
+    try:
+        await asyncio.wait_for(served.engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS)), PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return f"a scoring call took longer than {PROBE_TIMEOUT_S:.0f}s"
+    except CoreError as exc:
+        return exc.message
+    return None
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health(request: Request) -> JSONResponse:
+    """200 when every model answers a real scoring call; 503 while loading or broken."""
+    registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
+    if registry is None or not registry.models:
+        body = HealthResponse(status=getattr(request.app.state, "status", "loading"), models=[])
+        return JSONResponse(body.model_dump(), status_code=503)
+    max_age = registry.settings.health_max_age
+    models = []
+    for served in registry.models:
+        error = await probe(served, max_age)
+        info = served.info
+        models.append(ModelHealth(
+            name=info.name, kind=info.kind, device=info.device, dtype=info.dtype,
+            max_length=info.max_length, load_seconds=round(info.load_seconds, 3),
+            ready=error is None, error=error,
+        ))
+    ok = all(m.ready for m in models)
+    body = HealthResponse(status="ok" if ok else "unhealthy", models=models)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/", include_in_schema=False)
+async def landing() -> RedirectResponse:
+    return RedirectResponse(url="/docs")

@@ -1,0 +1,53 @@
+"""The original template's dialect: `POST /rerank {query, compare_to}` -> `{data, object}`.
+
+Spec: the Function Compute template fc3-bge-reranker-api (shared/seed): scores in input
+order, sigmoid-normalized, `object` always "list".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from compat_api.api.deps import Registry
+from compat_api.api.errors import ERROR_RESPONSES
+from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
+
+router = APIRouter(tags=["rerank (original)"])
+
+SEED_EXAMPLE = {
+    "query": "什么是函数计算",
+    "compare_to": ["你好", "函数计算是阿里云Serverless计算服务，提供专业的Serverless架构服务托管", "今天天气怎么样"],
+}
+
+
+class LegacyRerankRequest(BaseModel):
+    """The original request: a query and the texts to compare it to."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [SEED_EXAMPLE]})
+
+    query: str = Field(description="The question, usually the user's input.")
+    compare_to: list[str] = Field(description="Candidate texts, e.g. from vector or full-text search.")
+
+
+class LegacyRerankResponse(BaseModel):
+    """One relevance in [0, 1] per `compare_to` item, in input order."""
+
+    data: list[float]
+    object: Literal["list"] = "list"
+
+
+def to_core(body: LegacyRerankRequest) -> RerankQuery:
+    return RerankQuery(query=body.query, documents=body.compare_to, documents_field="compare_to")
+
+
+def from_core(outcome: RerankOutcome) -> LegacyRerankResponse:
+    return LegacyRerankResponse(data=outcome.scores)
+
+
+@router.post("/rerank", response_model=LegacyRerankResponse, responses=ERROR_RESPONSES)
+async def legacy_rerank(body: LegacyRerankRequest, registry: Registry) -> LegacyRerankResponse:
+    """Score each `compare_to` text against `query` (the original API)."""
+    return from_core(await rerank(registry, to_core(body)))

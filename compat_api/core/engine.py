@@ -1,0 +1,225 @@
+"""The batching engine: one lane per model, bounded admission, batches merged across requests.
+
+A request is tokenized on the model's tokenizer thread, its items join the pending pool, and
+the batcher task forms batches from everything pending: items sorted by length, packed up to a
+token budget (padded tokens) and a size cap, run one at a time on the model's single thread.
+Results go back to their requests. A cancelled request (client gone, deadline) has its
+pending items dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from compat_api.core.errors import ModelFailure, ModelNotReady, Overloaded
+from compat_api.core.scorers import Encoded, Item, Scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Raw scores in document order and the tokens the request was billed for."""
+
+    raw: list[float]
+    tokens: int
+
+
+class _Job:
+    """One request's items in flight; completes its future when every item has an output."""
+
+    __slots__ = ("encoded", "outputs", "remaining", "future", "cancelled")
+
+    def __init__(self, encoded: Encoded, future: asyncio.Future[list[Any]]) -> None:
+        self.encoded = encoded
+        self.outputs: list[Any] = [None] * len(encoded.items)
+        self.remaining = len(encoded.items)
+        self.future = future
+        self.cancelled = False
+
+
+@dataclass(frozen=True)
+class _Slot:
+    job: _Job
+    index: int
+
+    @property
+    def item(self) -> Item:
+        return self.job.encoded.items[self.index]
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Counters a batch reports to observers (metrics, tests)."""
+
+    size: int
+    real_tokens: int
+    padded_tokens: int
+    seconds: float
+
+
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
+    """Group item indices into batches of similar length.
+
+    Items are sorted by length (longest first) and packed greedily while the padded cost
+    (batch size x longest item) stays within `max_tokens` and the count within `max_size`.
+    An item longer than the budget on its own still gets a batch of one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        length = max(1, lengths[i])
+        width = max(longest, length)
+        if current and (width * (len(current) + 1) > max_tokens or len(current) >= max_size):
+            batches.append(current)
+            current, width = [], length
+        current.append(i)
+        longest = width
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchEngine:
+    """Serializes one model's work on its own threads and batches across concurrent requests."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queue_items: int,
+    ) -> None:
+        self.scorer = scorer
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue_items = max_queue_items
+        name = scorer.info.name[:20]
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}")
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        self._pending: list[_Slot] = []
+        self._admitted = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.last_success: float = 0.0
+        self.batches_run = 0
+        self.observers: list[Any] = []
+
+    @property
+    def queued_items(self) -> int:
+        """Items admitted and not yet finished (tokenizing, pending or in the model)."""
+        return self._admitted
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.scorer.info.name}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for slot in self._pending:
+            if not slot.job.future.done():
+                slot.job.future.set_exception(ModelNotReady("the model is shutting down"))
+        self._pending.clear()
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
+
+    def _retry_after(self) -> int:
+        return 1
+
+    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
+        """Score one request's documents against its query; raw scores in input order."""
+        if self._closed or self._task is None:
+            raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
+        # Admission is counted in documents + 1 (an embedding model's query is an item too),
+        # before tokenization, so the bound covers every stage.
+        cost = len(documents) + 1
+        if self._admitted + cost > self.max_queue_items and self._admitted > 0:
+            raise Overloaded(
+                f"model {self.scorer.info.name!r} queue is full ({self._admitted} items waiting, "
+                f"limit {self.max_queue_items}); retry shortly",
+                retry_after=self._retry_after(),
+            )
+        self._admitted += cost
+        loop = asyncio.get_running_loop()
+        job: _Job | None = None
+        try:
+            encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents)
+            job = _Job(encoded, loop.create_future())
+            if not encoded.items:
+                job.future.set_result([])
+            else:
+                self._pending.extend(_Slot(job, i) for i in range(len(encoded.items)))
+                assert self._wakeup is not None
+                self._wakeup.set()
+            outputs = await job.future
+            raw = await loop.run_in_executor(self._tokenizer_thread, self.scorer.finish, encoded, outputs)
+            return ScoreResult(raw=raw, tokens=encoded.tokens)
+        finally:
+            if job is not None:
+                job.cancelled = True  # finished or abandoned: nothing of it may run any more
+            self._admitted -= cost
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                snapshot = [s for s in self._pending if not s.job.cancelled]
+                self._pending.clear()
+                lengths = [s.item.length for s in snapshot]
+                for batch_ids in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                    batch = [snapshot[i] for i in batch_ids if not snapshot[i].job.cancelled]
+                    if batch:
+                        await self._run_batch(loop, batch)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Slot]) -> None:
+        items = [s.item for s in batch]
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._model_thread, self.scorer.forward, items)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - routed to the waiting requests, not swallowed
+            log.exception("model %s failed on a batch of %d items", self.scorer.info.name, len(items))
+            failure = ModelFailure(f"the model failed while scoring: {type(exc).__name__}: {exc}")
+            for slot in batch:
+                if not slot.job.future.done():
+                    slot.job.future.set_exception(failure)
+            return
+        elapsed = time.perf_counter() - started
+        self.last_success = time.monotonic()
+        self.batches_run += 1
+        stats = BatchStats(
+            size=len(items),
+            real_tokens=sum(i.length for i in items),
+            padded_tokens=len(items) * max(i.length for i in items),
+            seconds=elapsed,
+        )
+        for observer in self.observers:
+            observer(stats)
+        for slot, output in zip(batch, outputs, strict=True):
+            job = slot.job
+            job.outputs[slot.index] = output
+            job.remaining -= 1
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result(job.outputs)

@@ -1,0 +1,97 @@
+"""The server's configuration: one pydantic-settings class, the only reader of the environment.
+
+Every setting is an environment variable `RERANK_<NAME>` and a command-line flag `--<name>`
+(kebab case). `MODEL_PATH`, the original Function Compute template's variable, still works.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Rerank API server. Every option is also an environment variable RERANK_<OPTION>
+    (upper case, underscores); MODEL_PATH works as in the original deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RERANK_",
+        cli_kebab_case=True,
+        cli_prog_name="python -m compat_api",
+        populate_by_name=True,
+        extra="ignore",
+    )
+
+    model_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("model_path", "RERANK_MODEL_PATH", "MODEL_PATH"),
+        description=(
+            "Model directory (e.g. the NAS mount holding bge-reranker-v2-m3). Unset: serve the "
+            "bundled all-MiniLM-L6-v2 embedding model. Env RERANK_MODEL_PATH or MODEL_PATH."
+        ),
+    )
+    model_name: str | None = Field(
+        None, description="Served model name reported in responses (default: the directory name)."
+    )
+    model_aliases: str = Field(
+        "", description="Comma-separated extra names accepted for the served model."
+    )
+    device: str = Field(
+        "auto", description="Device for the model: auto (CUDA when present), cpu, cuda, cuda:N."
+    )
+    fp16: bool | None = Field(
+        None, description="Half precision weights (default: on for CUDA, off on CPU)."
+    )
+    max_length: int = Field(
+        512, ge=8, le=8192, description="Tokens per (query, document) pair fed to the model."
+    )
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Most pairs in one model call."
+    )
+    max_batch_tokens: int = Field(
+        16384, ge=64, description="Most padded tokens in one model call (like TEI's max_batch_tokens)."
+    )
+    max_queue_pairs: int = Field(
+        4096, ge=1, description="Most pairs admitted and waiting per model; beyond it requests get 429."
+    )
+    torch_threads: int = Field(
+        default_factory=_available_cores,
+        ge=1,
+        description="torch intra-op threads (default: the cores this process may use).",
+    )
+    warmup: bool = Field(True, description="Score a pair at start-up before reporting ready.")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    health_max_age: float = Field(
+        5.0, ge=0, description="Seconds a successful model call counts as a passing health check."
+    )
+
+    @field_validator("model_path", "model_name", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or value.startswith("cuda:") or value == "mps":
+            return value
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @property
+    def aliases(self) -> list[str]:
+        return [name.strip() for name in self.model_aliases.split(",") if name.strip()]

@@ -1,0 +1,107 @@
+"""Scorer backends: FlagEmbedding parity, the bundled embedding model, load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compat_api.core.errors import ModelLoadError
+from compat_api.core.ranking import Normalization, normalize
+from compat_api.core.scorers import CrossEncoderScorer, EmbeddingScorer, bundled_model_path
+
+QUERY = "what is the capital of france"
+DOCS = [
+    "paris is the capital of france",
+    "berlin is the capital of germany",
+    "",
+    "the quick brown fox jumps over the lazy dog " * 40,  # longer than the window: truncated
+    "函数计算是阿里云Serverless计算服务",
+    "cats",
+]
+
+
+def flag_scores(path: Path, query: str, docs: list[str], max_length: int) -> list[float]:
+    from FlagEmbedding import FlagReranker
+
+    reranker = FlagReranker(str(path), use_fp16=False, devices=["cpu"], max_length=max_length)
+    return [float(s) for s in reranker.compute_score([[query, d] for d in docs], normalize=True)]
+
+
+@pytest.mark.parametrize("max_length", [512, 24])
+def test_cross_encoder_equals_flagembedding_compute_score(tiny_reranker_dir: Path, max_length: int) -> None:
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=max_length)
+    long_query = QUERY + " and " + "what is the capital of china " * 10  # longer than 3/4 of a small window
+    for query in (QUERY, long_query):
+        ours = normalize(scorer.score(query, DOCS), Normalization.SIGMOID)
+        theirs = flag_scores(tiny_reranker_dir, query, DOCS, max_length)
+        assert ours == pytest.approx(theirs, abs=1e-4)
+    assert len(set(round(s, 6) for s in ours)) > 3, "the tiny model must spread its scores"
+
+
+def test_cross_encoder_counts_tokens_of_each_pair(tiny_reranker_dir: Path) -> None:
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=24)
+    encoded = scorer.encode(QUERY, DOCS)
+    assert len(encoded.items) == len(DOCS)
+    assert all(item.length <= 24 for item in encoded.items)
+    assert encoded.tokens == sum(item.length for item in encoded.items)
+    assert scorer.info.kind == "cross-encoder" and scorer.info.dtype == "float32"
+
+
+ENGLISH_SETS = [
+    ("What is the capital of France?",
+     ["Paris is the capital and largest city of France.", "Berlin is the capital of Germany.",
+      "The Eiffel Tower is made of iron."], 0),
+    ("How do I bake bread at home?",
+     ["The stock market fell sharply today.", "Mix flour, water, yeast and salt, let the dough rise, then bake it.",
+      "Bread prices rose last year."], 1),
+    ("Which animal is known as man's best friend?",
+     ["Cats sleep most of the day.", "Python is a programming language.",
+      "Dogs are loyal companions and are called man's best friend."], 2),
+    ("What does a reranker do in search?",
+     ["A reranker scores each query and document pair and reorders the results by relevance.",
+      "Bananas are rich in potassium.", "Search engines crawl the web."], 0),
+]
+
+
+@pytest.mark.parametrize(("query", "docs", "best"), ENGLISH_SETS)
+def test_bundled_model_ranks_the_relevant_english_document_first(query: str, docs: list[str], best: int) -> None:
+    scorer = _bundled()
+    scores = normalize(scorer.score(query, docs), scorer.info.normalization)
+    assert max(range(len(docs)), key=lambda i: scores[i]) == best
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+_BUNDLED: list[EmbeddingScorer] = []
+
+
+def _bundled() -> EmbeddingScorer:
+    if not _BUNDLED:
+        _BUNDLED.append(EmbeddingScorer(bundled_model_path(), name="bundled", device="cpu", fp16=False, max_length=512))
+    return _BUNDLED[0]
+
+
+def test_bundled_model_uses_its_trained_window() -> None:
+    assert _bundled().info.max_length == 256
+    assert _bundled().info.kind == "embedding"
+
+
+def test_missing_model_directory_is_a_clear_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        CrossEncoderScorer(str(tmp_path / "nope"), name="x", device="cpu", fp16=False, max_length=64)
+
+
+def test_directory_without_config_is_a_clear_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        CrossEncoderScorer(str(tmp_path), name="x", device="cpu", fp16=False, max_length=64)
+
+
+def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_reranker_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="cannot load reranker model"):
+        CrossEncoderScorer(str(broken), name="x", device="cpu", fp16=False, max_length=64)

