@@ -43,21 +43,11 @@ class Settings(BaseSettings):
     model_name: str | None = Field(
         None, description="Served model name reported in responses (default: the directory name)."
     )
-    model_aliases: str = Field(
-        "", description="Comma-separated extra names accepted for the served model."
-    )
-    device: str = Field(
-        "auto", description="Device for the model: auto (CUDA when present), cpu, cuda, cuda:N."
-    )
-    fp16: bool | None = Field(
-        None, description="Half precision weights (default: on for CUDA, off on CPU)."
-    )
-    max_length: int = Field(
-        512, ge=8, le=8192, description="Tokens per (query, document) pair fed to the model."
-    )
-    batch_size: int = Field(
-        32, ge=1, le=4096, description="Most pairs in one model call."
-    )
+    model_aliases: str = Field("", description="Comma-separated extra names accepted for the served model.")
+    device: str = Field("auto", description="Device for the model: auto (CUDA when present), cpu, cuda, cuda:N.")
+    fp16: bool | None = Field(None, description="Half precision weights (default: on for CUDA, off on CPU).")
+    max_length: int = Field(512, ge=8, le=8192, description="Tokens per (query, document) pair fed to the model.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one model call.")
     max_batch_tokens: int = Field(
         16384, ge=64, description="Most padded tokens in one model call (like TEI's max_batch_tokens)."
     )

@@ -10,6 +10,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 # A fixed corpus gives the tokenizer its vocabulary, so every build is identical.
 CORPUS = """
@@ -80,7 +81,7 @@ def build_tiny_xlmr_reranker(target: Path, *, seed: int = 0, layers: int = 2, wi
     target.mkdir(parents=True, exist_ok=True)
     build_xlmr_tokenizer(target)
     vocab_size = len(_unigram_vocab(CORPUS))
-    config = XLMRobertaConfig(
+    config_args: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=width,
         num_hidden_layers=layers,
@@ -95,6 +96,7 @@ def build_tiny_xlmr_reranker(target: Path, *, seed: int = 0, layers: int = 2, wi
         # A large init spreads the scores so that orders are testable (0.02 makes them all equal).
         initializer_range=0.6,
     )
+    config = XLMRobertaConfig(**config_args)
     torch.manual_seed(seed)
     model = XLMRobertaForSequenceClassification(config)
     model.eval()

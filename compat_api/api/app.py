@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from compat_api import __version__
 from compat_api.api import cohere, health, legacy
 from compat_api.api.errors import install_error_handlers
+from compat_api.api.middleware import JsonBodyMiddleware
 from compat_api.core.registry import ModelRegistry
 from compat_api.settings import Settings
 
@@ -46,10 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.status = "stopping"
             await registry.close()
 
-    app = FastAPI(title="compat-api rerank server", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(title="compat-api rerank server", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(JsonBodyMiddleware)
     app.include_router(health.router)
     app.include_router(legacy.router)
     app.include_router(cohere.router)

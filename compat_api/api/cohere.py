@@ -8,10 +8,11 @@ only when asked and never null, every optional field nullable, unknown fields ig
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from compat_api.api.deps import Registry
 from compat_api.api.errors import ERROR_RESPONSES
@@ -21,7 +22,7 @@ from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
 
 router = APIRouter(tags=["rerank (Cohere / Jina)"])
 
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "model": "bge-reranker-v2-m3",
     "query": "What is the capital of France?",
     "documents": ["Berlin is the capital of Germany.", "Paris is the capital of France.", "Cats are small animals."],
@@ -33,7 +34,7 @@ EXAMPLE = {
 class CohereRerankRequest(BaseModel):
     """Cohere v1 / Jina rerank request."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [EXAMPLE]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
@@ -124,14 +125,17 @@ def from_core(outcome: RerankOutcome, body: CohereRerankRequest) -> CohereRerank
         id=str(uuid.uuid4()),
         model=outcome.model,
         results=results,
-        meta=Meta(billed_units=BilledUnits(search_units=search_units(outcome.documents)),
-                  tokens=Tokens(input_tokens=outcome.tokens)),
+        meta=Meta(
+            billed_units=BilledUnits(search_units=search_units(outcome.documents)),
+            tokens=Tokens(input_tokens=outcome.tokens),
+        ),
         usage=Usage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens),
     )
 
 
-@router.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True,
-             responses=ERROR_RESPONSES)
+@router.post(
+    "/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
+)
 async def cohere_v1_rerank(body: CohereRerankRequest, registry: Registry) -> CohereRerankResponse:
     """Rank `documents` by relevance to `query` (Cohere v1 / Jina shape)."""
     return from_core(await rerank(registry, to_core(body)), body)

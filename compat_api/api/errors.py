@@ -72,8 +72,9 @@ def status_of(exc: CoreError) -> tuple[int, str]:
     return 500, "internal"
 
 
-def error_response(status: int, message: str, kind: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, kind: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorBody(detail=message, message=message, type=kind, field=field)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -105,8 +106,11 @@ def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str]:
     for err in errors:
         loc = err.get("loc", ())
         path = field_path(loc)
-        if err.get("type") == "missing" and tuple(loc) == ("body",):
+        if tuple(loc) == ("body",) and err.get("type") == "missing":
             seen.setdefault("body", "a JSON request body is required")
+            continue
+        if tuple(loc) == ("body",) and err.get("type") in ("model_attributes_type", "dict_type"):
+            seen.setdefault("body", "the request body must be a JSON object")
             continue
         seen.setdefault(path, str(err.get("msg", "invalid value")))
     message = "; ".join(f"{path}: {msg}" for path, msg in seen.items())
@@ -128,12 +132,18 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return error_response(status, message, "validation" if status == 422 else "invalid_json", field)
 
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    if exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
+        return error_response(400, "body: malformed JSON: the body is not UTF-8 JSON text", "invalid_json", "body")
     kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-    return error_response(exc.status_code, detail, kinds.get(exc.status_code, "http"), None,
-                          dict(exc.headers) if exc.headers else None)
+    return error_response(
+        exc.status_code, detail, kinds.get(exc.status_code, "http"), None, dict(exc.headers) if exc.headers else None
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -58,11 +58,18 @@ async def health(request: Request) -> JSONResponse:
     for served in registry.models:
         error = await probe(served, max_age)
         info = served.info
-        models.append(ModelHealth(
-            name=info.name, kind=info.kind, device=info.device, dtype=info.dtype,
-            max_length=info.max_length, load_seconds=round(info.load_seconds, 3),
-            ready=error is None, error=error,
-        ))
+        models.append(
+            ModelHealth(
+                name=info.name,
+                kind=info.kind,
+                device=info.device,
+                dtype=info.dtype,
+                max_length=info.max_length,
+                load_seconds=round(info.load_seconds, 3),
+                ready=error is None,
+                error=error,
+            )
+        )
     ok = all(m.ready for m in models)
     body = HealthResponse(status="ok" if ok else "unhealthy", models=models)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

@@ -6,10 +6,11 @@ order, sigmoid-normalized, `object` always "list".
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from compat_api.api.deps import Registry
 from compat_api.api.errors import ERROR_RESPONSES
@@ -17,7 +18,7 @@ from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
 
 router = APIRouter(tags=["rerank (original)"])
 
-SEED_EXAMPLE = {
+SEED_EXAMPLE: dict[str, Any] = {
     "query": "什么是函数计算",
     "compare_to": ["你好", "函数计算是阿里云Serverless计算服务，提供专业的Serverless架构服务托管", "今天天气怎么样"],
 }
@@ -26,7 +27,7 @@ SEED_EXAMPLE = {
 class LegacyRerankRequest(BaseModel):
     """The original request: a query and the texts to compare it to."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [SEED_EXAMPLE]})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, SEED_EXAMPLE)]})
 
     query: str = Field(description="The question, usually the user's input.")
     compare_to: list[str] = Field(description="Candidate texts, e.g. from vector or full-text search.")

@@ -10,6 +10,7 @@ pending items dropped before they reach the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ class ScoreResult:
 class _Job:
     """One request's items in flight; completes its future when every item has an output."""
 
-    __slots__ = ("encoded", "outputs", "remaining", "future", "cancelled")
+    __slots__ = ("cancelled", "encoded", "future", "outputs", "remaining")
 
     def __init__(self, encoded: Encoded, future: asyncio.Future[list[Any]]) -> None:
         self.encoded = encoded
@@ -129,10 +130,8 @@ class BatchEngine:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for slot in self._pending:
             if not slot.job.future.done():
@@ -199,7 +198,7 @@ class BatchEngine:
             outputs = await loop.run_in_executor(self._model_thread, self.scorer.forward, items)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - routed to the waiting requests, not swallowed
+        except BaseException as exc:
             log.exception("model %s failed on a batch of %d items", self.scorer.info.name, len(items))
             failure = ModelFailure(f"the model failed while scoring: {type(exc).__name__}: {exc}")
             for slot in batch:

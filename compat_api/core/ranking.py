@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 
-class Normalization(str, Enum):
+class Normalization(StrEnum):
     """How a model's raw score maps to a relevance in [0, 1]."""
 
     SIGMOID = "sigmoid"  # cross-encoder logits (FlagReranker's normalize=True)

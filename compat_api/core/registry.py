@@ -53,13 +53,14 @@ def load_scorer(settings: Settings) -> Scorer:
             settings.model_name or BUNDLED_MODEL_NAME,
         )
         return EmbeddingScorer(
-            path, name=settings.model_name or BUNDLED_MODEL_NAME, device=device, fp16=fp16,
+            path,
+            name=settings.model_name or BUNDLED_MODEL_NAME,
+            device=device,
+            fp16=fp16,
             max_length=settings.max_length,
         )
     name = settings.model_name or _dir_name(settings.model_path)
-    return CrossEncoderScorer(
-        settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length
-    )
+    return CrossEncoderScorer(settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length)
 
 
 def _dir_name(path: str) -> str:
@@ -78,7 +79,11 @@ class ModelRegistry:
         scorer = load_scorer(self.settings)
         log.info(
             "loaded model %r (%s, %s, %s) in %.1fs",
-            scorer.info.name, scorer.info.kind, scorer.info.device, scorer.info.dtype, scorer.info.load_seconds,
+            scorer.info.name,
+            scorer.info.kind,
+            scorer.info.device,
+            scorer.info.dtype,
+            scorer.info.load_seconds,
         )
         engine = BatchEngine(
             scorer,
@@ -93,8 +98,12 @@ class ModelRegistry:
         for served in self._models.values():
             started = time.perf_counter()
             scores = served.engine.scorer.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS))
-            log.info("warmed up %r in %.2fs (scores %s)", served.info.name, time.perf_counter() - started,
-                     [round(s, 4) for s in scores])
+            log.info(
+                "warmed up %r in %.2fs (scores %s)",
+                served.info.name,
+                time.perf_counter() - started,
+                [round(s, 4) for s in scores],
+            )
 
     def start(self) -> None:
         for served in self._models.values():

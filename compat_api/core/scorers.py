@@ -118,9 +118,7 @@ class CrossEncoderScorer(Scorer):
         try:
             from FlagEmbedding import FlagReranker
 
-            reranker = FlagReranker(
-                path, use_fp16=fp16, devices=[device], max_length=max_length, normalize=False
-            )
+            reranker = FlagReranker(path, use_fp16=fp16, devices=[device], max_length=max_length, normalize=False)
         except _LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load reranker model from {path}: {exc}") from exc
         self._reranker = reranker
@@ -149,12 +147,12 @@ class CrossEncoderScorer(Scorer):
 
     def encode(self, query: str, documents: Sequence[str]) -> Encoded:
         tok = self.tokenizer
-        q_ids = tok(
-            [query], add_special_tokens=False, truncation=True, max_length=self._query_max_length
-        )["input_ids"][0]
-        d_ids = tok(
-            list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length
-        )["input_ids"]
+        q_ids = tok([query], add_special_tokens=False, truncation=True, max_length=self._query_max_length)["input_ids"][
+            0
+        ]
+        d_ids = tok(list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length)[
+            "input_ids"
+        ]
         if self._legacy_pairs:
             from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 

@@ -59,7 +59,7 @@ def tiny_scorer(tiny_reranker_dir: Path) -> CrossEncoderScorer:
     return CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=64)
 
 
-WORDS = "paris berlin capital france germany cats dogs bread flour water yeast python serverless".split()
+WORDS = ("paris berlin capital france germany cats dogs bread flour water yeast python serverless").split()  # noqa: SIM905
 
 
 def docs_for(i: int) -> list[str]:

@@ -49,18 +49,42 @@ def test_cross_encoder_counts_tokens_of_each_pair(tiny_reranker_dir: Path) -> No
 
 
 ENGLISH_SETS = [
-    ("What is the capital of France?",
-     ["Paris is the capital and largest city of France.", "Berlin is the capital of Germany.",
-      "The Eiffel Tower is made of iron."], 0),
-    ("How do I bake bread at home?",
-     ["The stock market fell sharply today.", "Mix flour, water, yeast and salt, let the dough rise, then bake it.",
-      "Bread prices rose last year."], 1),
-    ("Which animal is known as man's best friend?",
-     ["Cats sleep most of the day.", "Python is a programming language.",
-      "Dogs are loyal companions and are called man's best friend."], 2),
-    ("What does a reranker do in search?",
-     ["A reranker scores each query and document pair and reorders the results by relevance.",
-      "Bananas are rich in potassium.", "Search engines crawl the web."], 0),
+    (
+        "What is the capital of France?",
+        [
+            "Paris is the capital and largest city of France.",
+            "Berlin is the capital of Germany.",
+            "The Eiffel Tower is made of iron.",
+        ],
+        0,
+    ),
+    (
+        "How do I bake bread at home?",
+        [
+            "The stock market fell sharply today.",
+            "Mix flour, water, yeast and salt, let the dough rise, then bake it.",
+            "Bread prices rose last year.",
+        ],
+        1,
+    ),
+    (
+        "Which animal is known as man's best friend?",
+        [
+            "Cats sleep most of the day.",
+            "Python is a programming language.",
+            "Dogs are loyal companions and are called man's best friend.",
+        ],
+        2,
+    ),
+    (
+        "What does a reranker do in search?",
+        [
+            "A reranker scores each query and document pair and reorders the results by relevance.",
+            "Bananas are rich in potassium.",
+            "Search engines crawl the web.",
+        ],
+        0,
+    ),
 ]
 
 
@@ -92,7 +116,7 @@ def test_missing_model_directory_is_a_clear_load_error(tmp_path: Path) -> None:
 
 
 def test_directory_without_config_is_a_clear_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         CrossEncoderScorer(str(tmp_path), name="x", device="cpu", fp16=False, max_length=64)
 
 

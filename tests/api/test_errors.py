@@ -1,0 +1,102 @@
+"""Bad input never gets a 500: a 4xx JSON body naming what was wrong and which field."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from compat_api.api.errors import ErrorBody
+
+CASES = [
+    # (path, raw body, content type, status, field, words in the message)
+    ("/rerank", b'{"query": "a", "compare_to": ["b"', "application/json", 400, "body", "malformed JSON"),
+    ("/v1/rerank", b"{bad", "application/json", 400, "body", "malformed JSON"),
+    ("/rerank", b"\xff\xfe\x00", "application/json", 400, "body", "malformed JSON"),
+    ("/rerank", b"", "application/json", 422, "body", "body is required"),
+    ("/rerank", b"[1, 2]", "application/json", 422, "body", "JSON object"),
+    ("/rerank", b'{"compare_to": ["b"]}', "application/json", 422, "query", "Field required"),
+    ("/rerank", b'{"query": "a"}', "application/json", 422, "compare_to", "Field required"),
+    ("/rerank", b'{"query": 1, "compare_to": ["b"]}', "application/json", 422, "query", "valid string"),
+    ("/rerank", b'{"query": "a", "compare_to": "b"}', "application/json", 422, "compare_to", "valid list"),
+    ("/rerank", b'{"query": "a", "compare_to": [null]}', "application/json", 422, "compare_to[0]", "valid string"),
+    ("/rerank", b'{"query": "a", "compare_to": []}', "application/json", 400, "compare_to", "must not be empty"),
+    ("/rerank", b'{"query": NaN, "compare_to": ["b"]}', "application/json", 422, "query", "valid string"),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": []}',
+        "application/json",
+        400,
+        "documents",
+        "list of documents must not be empty",
+    ),
+    ("/v1/rerank", b'{"documents": ["a"]}', "application/json", 422, "query", "Field required"),
+    ("/v1/rerank", b'{"query": "a", "documents": [1]}', "application/json", 422, "documents[0]", "valid"),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": ["x"], "top_n": "many"}',
+        "application/json",
+        422,
+        "top_n",
+        "valid integer",
+    ),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": ["x"], "top_n": -3}',
+        "application/json",
+        422,
+        "top_n",
+        "greater than or equal to 0",
+    ),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": ["x"], "return_documents": "perhaps"}',
+        "application/json",
+        422,
+        "return_documents",
+        "valid boolean",
+    ),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": [{"title": "t"}]}',
+        "application/json",
+        422,
+        "documents[0].text",
+        "no field 'text'",
+    ),
+    (
+        "/v1/rerank",
+        b'{"query": "a", "documents": ["x"], "max_chunks_per_doc": -1}',
+        "application/json",
+        422,
+        "max_chunks_per_doc",
+        "greater than or equal to 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "ctype", "status", "field", "words"), CASES)
+def test_bad_input_gets_a_4xx_naming_the_field(
+    tiny_client: TestClient, path: str, raw: bytes, ctype: str, status: int, field: str, words: str
+) -> None:
+    response = tiny_client.post(path, content=raw, headers={"content-type": ctype})
+    assert response.status_code == status, response.text
+    body = ErrorBody.model_validate(response.json())
+    assert body.field == field
+    assert body.detail == body.message
+    assert words in body.message
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_json_body_is_read_whatever_the_content_type(tiny_client: TestClient, ctype: str | None) -> None:
+    headers = {"content-type": ctype} if ctype else {}
+    response = tiny_client.post("/rerank", content=b'{"query": "a", "compare_to": ["b"]}', headers=headers)
+    assert response.status_code == 200
+
+
+def test_unknown_route_and_wrong_method_are_json(tiny_client: TestClient) -> None:
+    missing = tiny_client.get("/nope")
+    assert missing.status_code == 404
+    assert ErrorBody.model_validate(missing.json()).type == "not_found"
+    wrong = tiny_client.get("/rerank")
+    assert wrong.status_code == 405
+    assert ErrorBody.model_validate(wrong.json()).message == "Method Not Allowed"

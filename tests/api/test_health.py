@@ -1,0 +1,65 @@
+"""`/health` answers 200 only when a real scoring call works; `/` leads to the Swagger UI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from compat_api.api.app import create_app
+from compat_api.api.health import HealthResponse
+from tests.conftest import make_settings
+
+
+def test_health_reports_the_ready_model(tiny_client: TestClient) -> None:
+    response = tiny_client.get("/health")
+    assert response.status_code == 200
+    body = HealthResponse.model_validate(response.json())
+    assert body.status == "ok"
+    [model] = body.models
+    assert (model.name, model.kind, model.device, model.dtype) == (
+        "tiny-bge-reranker",
+        "cross-encoder",
+        "cpu",
+        "float32",
+    )
+    assert model.ready and model.error is None
+
+
+def test_health_is_503_before_the_model_is_loaded(tiny_reranker_dir: Path) -> None:
+    client = TestClient(create_app(make_settings(model_path=str(tiny_reranker_dir))))  # lifespan not run
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert HealthResponse.model_validate(response.json()).status == "loading"
+    rerank = client.post("/rerank", json={"query": "a", "compare_to": ["b"]})
+    assert rerank.status_code == 503
+    assert "loading" in rerank.json()["message"]
+
+
+def test_health_is_503_when_the_model_cannot_score(tiny_reranker_dir: Path) -> None:
+    settings = make_settings(model_path=str(tiny_reranker_dir), health_max_age=0.0)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+        engine = client.app.state.registry.models[0].engine  # type: ignore[attr-defined]
+
+        def broken(items: Sequence[Any]) -> list[Any]:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+        engine.scorer.forward = broken
+        response = client.get("/health")
+        assert response.status_code == 503
+        body = HealthResponse.model_validate(response.json())
+        assert body.status == "unhealthy"
+        assert "RuntimeError" in (body.models[0].error or "")
+        failed = client.post("/rerank", json={"query": "a", "compare_to": ["b"]})
+        assert failed.status_code == 500
+        assert failed.json()["type"] == "backend"
+
+
+def test_root_redirects_to_swagger_ui(tiny_client: TestClient) -> None:
+    response = tiny_client.get("/", follow_redirects=False)
+    assert response.status_code in (302, 307)
+    assert response.headers["location"] == "/docs"
+    assert "swagger" in tiny_client.get("/docs").text.lower()

@@ -1,0 +1,70 @@
+"""Deployment files: s.yaml against the fc3 schema, env names that are settings, the Dockerfile."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from compat_api.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT.parent / "shared" / "fc3" / "schema.json"
+
+
+def fc3_resources() -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load((ROOT / "s.yaml").read_text())
+    variables = doc.get("vars", {})
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str):
+            return re.sub(r"\$\{vars\.(\w+)\}", lambda m: str(variables[m.group(1)]), value)
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    resources = {name: resolve(r["props"]) for name, r in doc["resources"].items() if r.get("component") == "fc3"}
+    assert resources, "s.yaml must declare at least one fc3 resource"
+    return resources
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/fc3/schema.json is only present beside the checkout")
+def test_every_fc3_resource_matches_the_schema() -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    for name, props in fc3_resources().items():
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(props), key=str)
+        assert not errors, f"{name}: {[e.message for e in errors]}"
+
+
+def test_fc3_resources_fit_function_compute_rules() -> None:
+    for name, props in fc3_resources().items():
+        ratio = props["memorySize"] / 1024 / props["cpu"]
+        assert 1 <= ratio <= 4, f"{name}: cpu:memory must be between 1:1 and 1:4 GB"
+        container = props["customContainerConfig"]
+        assert container["healthCheckConfig"]["httpGetUrl"] == "/health"
+        assert str(container["port"]) == props["environmentVariables"]["RERANK_PORT"]
+        assert props["environmentVariables"]["MODEL_PATH"].startswith("/mnt/auto/")
+        assert any(t["triggerType"] == "http" for t in props["triggers"])
+
+
+def test_env_names_in_s_yaml_are_settings() -> None:
+    known = {"MODEL_PATH"} | {"RERANK_" + name.upper() for name in Settings.model_fields}
+    for name, props in fc3_resources().items():
+        unknown = set(props["environmentVariables"]) - known
+        assert not unknown, f"{name}: not settings: {unknown}"
+
+
+def test_dockerfile_runs_the_server_without_a_baked_model() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "compat_api"]' in text
+    assert "USER app" in text and "HEALTHCHECK" in text
+    assert "COPY requirements.txt" in text
+    assert not re.search(r"^(COPY|ADD)\s+\S*(safetensors|model)", text, re.M | re.I)

@@ -1,0 +1,96 @@
+"""The server as a user starts it: `python -m compat_api` under uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from compat_api.api.legacy import SEED_EXAMPLE, LegacyRerankResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start the server the way the README does; `env` replaces the environment when given."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**(os.environ if env is None else env), "RERANK_TORCH_THREADS": "1"},
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("server did not become ready")
+
+
+@pytest.fixture()
+def served_tiny(tiny_reranker_dir: Path) -> Iterator[str]:
+    proc, url = start(["--model-path", str(tiny_reranker_dir)])
+    try:
+        wait_ready(proc, url)
+        yield url
+    finally:
+        stop(proc)
+
+
+def test_seed_example_over_real_http(served_tiny: str) -> None:
+    response = httpx.post(served_tiny + "/rerank", json=SEED_EXAMPLE, timeout=30)
+    assert response.status_code == 200
+    assert len(LegacyRerankResponse.model_validate(response.json()).data) == 3
+    cohere = httpx.post(served_tiny + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]}, timeout=30)
+    assert cohere.status_code == 200
+    assert cohere.json()["model"] == "tiny-bge-reranker"
+
+
+def test_bundled_default_serves_with_no_model_configured() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "RERANK_MODEL_PATH")}
+    proc, url = start([], env=env)
+    try:
+        wait_ready(proc, url)
+        response = httpx.post(url + "/rerank", json=SEED_EXAMPLE, timeout=30)
+        assert len(LegacyRerankResponse.model_validate(response.json()).data) == 3
+        health = httpx.get(url + "/health", timeout=10).json()
+        assert health["models"][0]["name"] == "all-MiniLM-L6-v2-embedding-cosine"
+    finally:
+        out = stop(proc)
+    assert "bundled all-MiniLM-L6-v2" in out and "MODEL_PATH" in out
+
+
+def test_a_configured_model_that_cannot_load_stops_start_up(tmp_path: Path) -> None:
+    proc, _url = start(["--model-path", str(tmp_path / "missing")])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "is not a directory" in out
+    assert "Uvicorn running" not in out
