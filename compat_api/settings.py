@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     max_queue_pairs: int = Field(
         4096, ge=1, description="Most pairs admitted and waiting per model; beyond it requests get 429."
     )
+    max_documents: int = Field(
+        1000, ge=1, description="Most documents in one request (Cohere recommends at most 1,000)."
+    )
+    api_keys: str = Field(
+        "",
+        description="Comma-separated API keys. Set: scoring and model routes need 'Authorization: Bearer <key>'.",
+    )
     torch_threads: int = Field(
         default_factory=_available_cores,
         ge=1,
@@ -81,6 +88,10 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or value.startswith("cuda:") or value == "mps":
             return value
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     @property
     def aliases(self) -> list[str]:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from compat_api import __version__
-from compat_api.api import cohere, health, legacy
+from compat_api.api import cohere, health, models, rerank, tei
 from compat_api.api.errors import install_error_handlers
 from compat_api.api.middleware import JsonBodyMiddleware
 from compat_api.core.registry import ModelRegistry
@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Rerank API server for cross-encoder rerankers (BAAI/bge-reranker-v2-m3 and friends).
 
-* `POST /rerank` — the original API: `{query, compare_to}` → `{data, object}`
-* `POST /v1/rerank` — Cohere v1 / Jina: `{query, documents, top_n, return_documents}`
+* `POST /rerank` — the original API `{query, compare_to}` → `{data, object}`; also TEI's
+  `{query, texts}` → `[{index, score}]` and Cohere/Jina's `{query, documents}`
+* `POST /v1/rerank` — Cohere v1 / Jina / Xinference: `{query, documents, top_n, return_documents}`
+* `POST /v2/rerank` — Cohere v2: `{query, documents, top_n, max_tokens_per_doc}`
+* `GET /info` (TEI), `GET /v1/models`, `GET /v1/models/{id}` (OpenAI / Xinference)
+
+With `RERANK_API_KEYS` set, use the Authorize button (Bearer key).
 """
 
 
@@ -52,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(JsonBodyMiddleware)
     app.include_router(health.router)
-    app.include_router(legacy.router)
+    app.include_router(rerank.router)
     app.include_router(cohere.router)
+    app.include_router(tei.router)
+    app.include_router(models.router)
     return app

@@ -1,8 +1,9 @@
-"""The Cohere v1 / Jina rerank dialect: `POST /v1/rerank`.
+"""The Cohere / Jina rerank dialect: `POST /v1/rerank` (Cohere v1, Jina, Xinference) and `POST /v2/rerank`.
 
-Spec: Cohere's v1 rerank API (https://docs.cohere.com/v1/reference/rerank) and Jina's rerank
-API, as their clients use them (shared/api/clients.md): results sorted by relevance, `document`
-only when asked and never null, every optional field nullable, unknown fields ignored.
+Spec: Cohere's rerank API v1 (https://docs.cohere.com/v1/reference/rerank) and v2
+(https://docs.cohere.com/reference/rerank), and Jina's rerank API, as their clients use them
+(shared/api/clients.md): results sorted by relevance, `document` only when asked and never
+null, every optional field nullable, unknown fields ignored.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import uuid
 from typing import Any, cast
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from compat_api.api.auth import API_KEY
 from compat_api.api.deps import Registry
 from compat_api.api.errors import ERROR_RESPONSES
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
 from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
 
-router = APIRouter(tags=["rerank (Cohere / Jina)"])
+router = APIRouter(tags=["rerank (Cohere / Jina)"], dependencies=API_KEY)
 
 EXAMPLE: dict[str, Any] = {
     "model": "bge-reranker-v2-m3",
@@ -32,7 +35,7 @@ EXAMPLE: dict[str, Any] = {
 
 
 class CohereRerankRequest(BaseModel):
-    """Cohere v1 / Jina rerank request."""
+    """Cohere v1 / Jina / Xinference rerank request."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
@@ -44,7 +47,22 @@ class CohereRerankRequest(BaseModel):
     top_n: int | None = Field(None, ge=0, description="How many results; null, 0 or more than given means all.")
     return_documents: bool | None = Field(None, description="Include each document in its result.")
     rank_fields: list[str] | None = Field(None, description="Object fields ranked on, in order (Cohere v1).")
-    max_chunks_per_doc: int | None = Field(None, ge=0, description="Cohere v1 chunking (accepted).")
+    max_chunks_per_doc: int | None = Field(
+        None, ge=0, description="Accepted; a document longer than the model window is truncated to it."
+    )
+
+
+class CohereV2RerankRequest(BaseModel):
+    """Cohere v2 rerank request."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
+
+    model: str | None = Field(None, description="Any name works when one model is served.")
+    query: str
+    documents: list[str | dict[str, Any]] = Field(description="Texts (objects are ranked on `text`).")
+    top_n: int | None = Field(None, ge=0, description="How many results; null, 0 or more than given means all.")
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="Each document is truncated to this many tokens.")
+    return_documents: bool | None = Field(None, description="Include each document in its result.")
 
 
 class CohereResult(BaseModel):
@@ -103,7 +121,13 @@ def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] 
     return "\n".join(f"{f}: {doc[f]}" for f in fields)
 
 
-def to_core(body: CohereRerankRequest) -> RerankQuery:
+def to_core(body: CohereRerankRequest | CohereV2RerankRequest) -> RerankQuery:
+    if isinstance(body, CohereV2RerankRequest):
+        texts = [document_text(doc, i, None) for i, doc in enumerate(body.documents)]
+        return RerankQuery(
+            query=body.query, documents=texts, model=body.model, top_n=body.top_n,
+            max_tokens_per_doc=body.max_tokens_per_doc,
+        )  # fmt: skip
     texts = [document_text(doc, i, body.rank_fields) for i, doc in enumerate(body.documents)]
     return RerankQuery(query=body.query, documents=texts, model=body.model, top_n=body.top_n)
 
@@ -112,7 +136,9 @@ def result_document(doc: str | dict[str, Any]) -> dict[str, Any]:
     return {"text": doc} if isinstance(doc, str) else doc
 
 
-def from_core(outcome: RerankOutcome, body: CohereRerankRequest) -> CohereRerankResponse:
+def from_core(
+    outcome: RerankOutcome, body: CohereRerankRequest | CohereV2RerankRequest, version: str = "1"
+) -> CohereRerankResponse:
     results = [
         CohereResult(
             index=i,
@@ -126,6 +152,7 @@ def from_core(outcome: RerankOutcome, body: CohereRerankRequest) -> CohereRerank
         model=outcome.model,
         results=results,
         meta=Meta(
+            api_version=ApiVersion(version=version),
             billed_units=BilledUnits(search_units=search_units(outcome.documents)),
             tokens=Tokens(input_tokens=outcome.tokens),
         ),
@@ -133,9 +160,18 @@ def from_core(outcome: RerankOutcome, body: CohereRerankRequest) -> CohereRerank
     )
 
 
-@router.post(
-    "/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
-)
-async def cohere_v1_rerank(body: CohereRerankRequest, registry: Registry) -> CohereRerankResponse:
-    """Rank `documents` by relevance to `query` (Cohere v1 / Jina shape)."""
-    return from_core(await rerank(registry, to_core(body)), body)
+def render(response: CohereRerankResponse) -> JSONResponse:
+    """Omit `document` where it was not asked for: clients read it whenever the key exists."""
+    return JSONResponse(response.model_dump(exclude_none=True))
+
+
+@router.post("/v1/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
+async def cohere_v1_rerank(body: CohereRerankRequest, registry: Registry) -> JSONResponse:
+    """Rank `documents` by relevance to `query` (Cohere v1 / Jina / Xinference shape)."""
+    return render(from_core(await rerank(registry, to_core(body)), body))
+
+
+@router.post("/v2/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
+async def cohere_v2_rerank(body: CohereV2RerankRequest, registry: Registry) -> JSONResponse:
+    """Rank `documents` by relevance to `query` (Cohere v2 shape, `max_tokens_per_doc` truncation)."""
+    return render(from_core(await rerank(registry, to_core(body)), body, version="2"))

@@ -2,6 +2,9 @@
 
 Every error body carries `detail` and `message` (Jina, LangChain, LlamaIndex and Xinference read
 `detail`; Cohere reads `message`) plus the `field` at fault and a machine-readable `type`.
+The TEI dialect gets TEI's body `{"error", "error_type"}` and TEI's status codes instead
+(text-embeddings-inference router: 400 empty, 413/422 validation, 429 overloaded, 424 backend,
+503 unhealthy). A route marks its dialect with `set_dialect(request, TEI)`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from compat_api.core.errors import (
     CoreError,
     EmptyInput,
     InvalidInput,
+    LimitExceeded,
     ModelFailure,
     ModelLoadError,
     ModelNotFound,
@@ -53,31 +57,67 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 
-# (error class, status, type) — the first match wins, so subclasses come first.
-STATUS_OF: Sequence[tuple[type[CoreError], int, str]] = (
-    (EmptyInput, 400, "empty"),
-    (InvalidInput, 422, "validation"),
-    (ModelNotFound, 404, "model_not_found"),
-    (Overloaded, 429, "overloaded"),
-    (ModelNotReady, 503, "unhealthy"),
-    (ModelLoadError, 503, "unhealthy"),
-    (ModelFailure, 500, "backend"),
+
+class TeiErrorBody(BaseModel):
+    """text-embeddings-inference's error body."""
+
+    error: str
+    error_type: str
+
+
+DEFAULT = "default"
+TEI = "tei"
+
+# (error class, status, TEI status, type) — the first match wins, so subclasses come first.
+STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
+    (EmptyInput, 400, 400, "empty"),
+    (LimitExceeded, 413, 413, "validation"),
+    (InvalidInput, 422, 422, "validation"),
+    (ModelNotFound, 404, 404, "model_not_found"),
+    (Overloaded, 429, 429, "overloaded"),
+    (ModelNotReady, 503, 503, "unhealthy"),
+    (ModelLoadError, 503, 503, "unhealthy"),
+    (ModelFailure, 500, 424, "backend"),
 )
 
 
-def status_of(exc: CoreError) -> tuple[int, str]:
-    for cls, status, kind in STATUS_OF:
+def status_of(exc: CoreError, dialect: str = DEFAULT) -> tuple[int, str]:
+    for cls, status, tei_status, kind in STATUS_OF:
         if isinstance(exc, cls):
-            return status, kind
+            return (tei_status if dialect == TEI else status), kind
     return 500, "internal"
 
 
+def set_dialect(request: Request, dialect: str) -> None:
+    """Mark the request's dialect so that its errors are rendered in that dialect's body."""
+    request.state.dialect = dialect
+
+
 def error_response(
-    status: int, message: str, kind: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    dialect: str = DEFAULT,
 ) -> JSONResponse:
-    body = ErrorBody(detail=message, message=message, type=kind, field=field)
+    body: BaseModel
+    if dialect == TEI:
+        body = TeiErrorBody(error=message, error_type=kind)
+    else:
+        body = ErrorBody(detail=message, message=message, type=kind, field=field)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
+
+def _dialect(request: Request) -> str:
+    return str(getattr(request.state, "dialect", DEFAULT))
+
+
+# The error type of a /rerank body that matches none of the accepted shapes.
+SHAPE_ERROR = "rerank_body_shape"
+
+# The tag under which the shared /rerank route parses a TEI body (see api/rerank.py).
+TEI_TAG = "TeiRerankRequest"
 
 # Union-member tags pydantic puts into error locations ('str', 'DocumentObject', 'function-after[...]').
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[A-Z]\w*|[\w-]+\[.*\])$")
@@ -109,6 +149,9 @@ def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str]:
         if tuple(loc) == ("body",) and err.get("type") == "missing":
             seen.setdefault("body", "a JSON request body is required")
             continue
+        if err.get("type") == SHAPE_ERROR:
+            seen.setdefault("body", str(err.get("msg")))
+            continue
         if tuple(loc) == ("body",) and err.get("type") in ("model_attributes_type", "dict_type"):
             seen.setdefault("body", "the request body must be a JSON object")
             continue
@@ -119,17 +162,23 @@ def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str]:
 
 async def _on_core_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CoreError)
-    status, kind = status_of(exc)
+    dialect = _dialect(request)
+    status, kind = status_of(exc, dialect)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    if status >= 500:
+    if status >= 500 or status == 424:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
-    return error_response(status, exc.message, kind, exc.field, headers)
+    return error_response(status, exc.message, kind, exc.field, headers, dialect)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    status, message, field = describe_validation(exc.errors())
-    return error_response(status, message, "validation" if status == 422 else "invalid_json", field)
+    errors = exc.errors()
+    status, message, field = describe_validation(errors)
+    dialect = _dialect(request)
+    if any(TEI_TAG in err.get("loc", ()) for err in errors):
+        dialect = TEI  # the shared /rerank route parsed a TEI-shaped body
+    kind = "validation" if status == 422 else "invalid_json"
+    return error_response(status, message, kind, field, None, dialect)
 
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
@@ -141,9 +190,9 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
         return error_response(400, "body: malformed JSON: the body is not UTF-8 JSON text", "invalid_json", "body")
     kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-    return error_response(
-        exc.status_code, detail, kinds.get(exc.status_code, "http"), None, dict(exc.headers) if exc.headers else None
-    )
+    headers = dict(exc.headers) if exc.headers else None
+    kind = kinds.get(exc.status_code, "http")
+    return error_response(exc.status_code, detail, kind, None, headers, _dialect(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

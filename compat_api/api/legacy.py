@@ -1,22 +1,17 @@
 """The original template's dialect: `POST /rerank {query, compare_to}` -> `{data, object}`.
 
 Spec: the Function Compute template fc3-bge-reranker-api (shared/seed): scores in input
-order, sigmoid-normalized, `object` always "list".
+order, sigmoid-normalized, `object` always "list". Served by the shared `/rerank` route.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, cast
 
-from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from compat_api.api.deps import Registry
-from compat_api.api.errors import ERROR_RESPONSES
-from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
-
-router = APIRouter(tags=["rerank (original)"])
+from compat_api.core.rerank import RerankOutcome, RerankQuery
 
 SEED_EXAMPLE: dict[str, Any] = {
     "query": "什么是函数计算",
@@ -46,9 +41,3 @@ def to_core(body: LegacyRerankRequest) -> RerankQuery:
 
 def from_core(outcome: RerankOutcome) -> LegacyRerankResponse:
     return LegacyRerankResponse(data=outcome.scores)
-
-
-@router.post("/rerank", response_model=LegacyRerankResponse, responses=ERROR_RESPONSES)
-async def legacy_rerank(body: LegacyRerankRequest, registry: Registry) -> LegacyRerankResponse:
-    """Score each `compare_to` text against `query` (the original API)."""
-    return from_core(await rerank(registry, to_core(body)))

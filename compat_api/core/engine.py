@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compat_api.core.errors import ModelFailure, ModelNotReady, Overloaded
-from compat_api.core.scorers import Encoded, Item, Scorer
+from compat_api.core.scorers import DEFAULT_OPTIONS, Encoded, EncodeOptions, Item, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ class BatchEngine:
     def _retry_after(self) -> int:
         return 1
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
+    async def score(
+        self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS
+    ) -> ScoreResult:
         """Score one request's documents against its query; raw scores in input order."""
         if self._closed or self._task is None:
             raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
@@ -160,7 +162,7 @@ class BatchEngine:
         loop = asyncio.get_running_loop()
         job: _Job | None = None
         try:
-            encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents)
+            encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents, options)
             job = _Job(encoded, loop.create_future())
             if not encoded.items:
                 job.future.set_result([])

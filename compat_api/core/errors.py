@@ -20,6 +20,10 @@ class EmptyInput(InvalidInput):
     """A list that must hold at least one item is empty."""
 
 
+class LimitExceeded(InvalidInput):
+    """A request is larger than a configured limit (documents, characters, tokens, bytes)."""
+
+
 class ModelNotFound(CoreError):
     """The requested model name is not served here."""
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from compat_api.core.engine import BatchEngine
-from compat_api.core.errors import ModelNotReady
+from compat_api.core.errors import ModelNotFound, ModelNotReady
 from compat_api.core.scorers import (
     BUNDLED_MODEL_NAME,
     CrossEncoderScorer,
@@ -31,6 +31,10 @@ class ServedModel:
 
     engine: BatchEngine
     aliases: tuple[str, ...] = ()
+    loaded_at: float = field(default_factory=time.time)
+
+    def answers_to(self, name: str) -> bool:
+        return name == self.info.name or name in self.aliases
 
     @property
     def info(self) -> ModelInfo:
@@ -118,17 +122,18 @@ class ModelRegistry:
         return list(self._models.values())
 
     def get(self, name: str | None = None) -> ServedModel:
-        """The model for a requested name; with one model served, every name resolves to it."""
+        """The model a request asks for; with one model served, every name resolves to it."""
         if not self._models:
             raise ModelNotReady("no model is loaded yet")
         if len(self._models) == 1:
             return next(iter(self._models.values()))
-        if name is not None:
-            for served in self._models.values():
-                if name == served.info.name or name in served.aliases:
-                    return served
-        from compat_api.core.errors import ModelNotFound
+        return self.find(name or "")
 
+    def find(self, name: str) -> ServedModel:
+        """The model with exactly this name or alias."""
+        for served in self._models.values():
+            if served.answers_to(name):
+                return served
         raise ModelNotFound(
             f"model {name!r} is not served here; served: {', '.join(sorted(self._models))}", field="model"
         )

@@ -1,29 +1,35 @@
-"""The rerank use case every dialect calls: score, normalize, order, count usage."""
+"""The rerank use case every dialect calls: check limits, score, normalize, order, count usage."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from compat_api.core.errors import EmptyInput
+from compat_api.core.errors import EmptyInput, LimitExceeded
 from compat_api.core.ranking import normalize, order_by_score
 from compat_api.core.registry import ModelRegistry
+from compat_api.core.scorers import EncodeOptions
 
 
 @dataclass(frozen=True)
 class RerankQuery:
-    """What every dialect asks of the core, in the core's terms."""
+    """What every dialect asks of the core, in the core's terms.
+
+    `documents_field` is the name the dialect gives the document list, used in error messages.
+    """
 
     query: str
     documents: Sequence[str]
     model: str | None = None
     top_n: int | None = None
+    max_tokens_per_doc: int | None = None
+    truncate_left: bool = False
     documents_field: str = "documents"
 
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """Scores in input order, the ranked order (cut to top_n), and usage."""
+    """Scores in input order (normalized and raw), the ranked order (cut to top_n), and usage."""
 
     model: str
     raw_scores: list[float]
@@ -38,10 +44,18 @@ class RerankOutcome:
 
 async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome:
     """Score each document against the query with the requested model and rank them."""
+    field = request.documents_field
     if not request.documents:
-        raise EmptyInput(f"list of {request.documents_field} must not be empty", field=request.documents_field)
+        raise EmptyInput(f"list of {field} must not be empty", field=field)
+    limit = registry.settings.max_documents
+    if len(request.documents) > limit:
+        raise LimitExceeded(
+            f"{len(request.documents)} {field} exceed the limit of {limit} per request (RERANK_MAX_DOCUMENTS)",
+            field=field,
+        )
     served = registry.get(request.model)
-    result = await served.engine.score(request.query, request.documents)
+    options = EncodeOptions(max_doc_tokens=request.max_tokens_per_doc, truncate_left=request.truncate_left)
+    result = await served.engine.score(request.query, request.documents, options)
     scores = normalize(result.raw, served.info.normalization)
     return RerankOutcome(
         model=served.info.name,

@@ -41,6 +41,29 @@ class Item:
 
 
 @dataclass(frozen=True)
+class EncodeOptions:
+    """Per-request truncation: a document token cap (Cohere v2 `max_tokens_per_doc`) and the side
+    a too-long document loses tokens from (TEI `truncation_direction`)."""
+
+    max_doc_tokens: int | None = None
+    truncate_left: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return self.max_doc_tokens is None and not self.truncate_left
+
+
+DEFAULT_OPTIONS = EncodeOptions()
+
+
+def cut(ids: list[int], limit: int, left: bool) -> list[int]:
+    """Keep at most `limit` ids, dropping from the start (`left`) or the end."""
+    if len(ids) <= limit:
+        return ids
+    return ids[len(ids) - limit :] if left else ids[:limit]
+
+
+@dataclass(frozen=True)
 class Encoded:
     """One request after tokenization: its model items and the tokens it is billed for."""
 
@@ -79,7 +102,7 @@ class Scorer(ABC):
     info: ModelInfo
 
     @abstractmethod
-    def encode(self, query: str, documents: Sequence[str]) -> Encoded:
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
         """Tokenize one request. Runs on the model's tokenizer thread."""
 
     @abstractmethod
@@ -90,9 +113,9 @@ class Scorer(ABC):
     def finish(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
         """One raw score per document of the request, in input order."""
 
-    def score(self, query: str, documents: Sequence[str]) -> list[float]:
+    def score(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> list[float]:
         """Score one request synchronously (warm-up, tests, the raw benchmark ceiling)."""
-        encoded = self.encode(query, documents)
+        encoded = self.encode(query, documents, options)
         return self.finish(encoded, self.forward(encoded.items))
 
 
@@ -132,6 +155,11 @@ class CrossEncoderScorer(Scorer):
         self._query_max_length = max_length * 3 // 4
         # transformers 4 tokenizers keep the id-level API that FlagEmbedding prefers.
         self._legacy_pairs = callable(getattr(self.tokenizer, "prepare_for_model", None))
+        self._pair_specials = (
+            len(self.tokenizer("a", "b")["input_ids"])
+            - len(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+            - len(self.tokenizer("b", add_special_tokens=False)["input_ids"])
+        )
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.info = ModelInfo(
             name=name,
@@ -145,14 +173,20 @@ class CrossEncoderScorer(Scorer):
             extra={"architecture": type(self.model).__name__},
         )
 
-    def encode(self, query: str, documents: Sequence[str]) -> Encoded:
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
         tok = self.tokenizer
-        q_ids = tok([query], add_special_tokens=False, truncation=True, max_length=self._query_max_length)["input_ids"][
-            0
-        ]
-        d_ids = tok(list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length)[
-            "input_ids"
-        ]
+        q_ids = tok([query], add_special_tokens=False, truncation=True, max_length=self._query_max_length)
+        q_ids = q_ids["input_ids"][0]
+        if options.is_default:
+            d_ids = tok(list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length)
+            d_ids = d_ids["input_ids"]
+        else:
+            # Cap each document, then fit the pair from the requested side, so that the
+            # template's own right-side truncation has nothing left to cut.
+            room = self._max_length - len(q_ids) - self._pair_specials
+            limit = max(1, min(room, options.max_doc_tokens or room))
+            d_ids = tok(list(documents), add_special_tokens=False, truncation=False)["input_ids"]
+            d_ids = [cut(ids, limit, options.truncate_left) for ids in d_ids]
         if self._legacy_pairs:
             from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
@@ -216,6 +250,9 @@ class EmbeddingScorer(Scorer):
         self.model = model.to(device).eval()
         self._device = device
         self._max_length = min(max_length, _embedding_window(path, model))
+        self._specials = len(self.tokenizer("a")["input_ids"]) - len(
+            self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        )
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self.info = ModelInfo(
             name=name,
@@ -229,9 +266,15 @@ class EmbeddingScorer(Scorer):
             extra={"architecture": type(self.model).__name__},
         )
 
-    def encode(self, query: str, documents: Sequence[str]) -> Encoded:
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
+        tok = self.tokenizer
+        if not options.is_default:
+            limit = min(self._max_length - self._specials, options.max_doc_tokens or self._max_length)
+            ids = tok(list(documents), add_special_tokens=False, truncation=False)["input_ids"]
+            cut_ids = [cut(d, max(1, limit), options.truncate_left) for d in ids]
+            documents = tok.batch_decode(cut_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         texts = [query, *documents]
-        enc = self.tokenizer(texts, truncation=True, max_length=self._max_length, padding=False)
+        enc = tok(texts, truncation=True, max_length=self._max_length, padding=False)
         keys = list(enc.keys())
         items = [Item(len(enc["input_ids"][i]), {k: enc[k][i] for k in keys}) for i in range(len(texts))]
         return Encoded(items=items, tokens=sum(i.length for i in items), documents=len(documents))

@@ -13,7 +13,7 @@ import pytest
 from compat_api.core.engine import BatchEngine, BatchStats, plan_batches
 from compat_api.core.errors import Overloaded
 from compat_api.core.ranking import Normalization, normalize
-from compat_api.core.scorers import CrossEncoderScorer, Encoded, Item, Scorer
+from compat_api.core.scorers import DEFAULT_OPTIONS, CrossEncoderScorer, Encoded, EncodeOptions, Item, Scorer
 
 
 def test_plan_respects_token_budget_and_size_and_groups_lengths() -> None:
@@ -42,8 +42,8 @@ class Gated(Scorer):
         self.gate.set()
         self.batches: list[int] = []
 
-    def encode(self, query: str, documents: Sequence[str]) -> Encoded:
-        return self.inner.encode(query, documents)
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
+        return self.inner.encode(query, documents, options)
 
     def forward(self, items: Sequence[Item]) -> list[Any]:
         self.gate.wait(timeout=30)

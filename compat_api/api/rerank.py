@@ -1,0 +1,80 @@
+"""The shared `POST /rerank` route: three body shapes with disjoint keys, each answered in its own shape.
+
+`compare_to` is the original template's API, `texts` is TEI's, `documents` is Cohere/Jina's
+(Dify's OpenAI-compatible, Jina and LocalAI providers and FastGPT post to `{base}/rerank`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import Discriminator, Tag
+
+from compat_api.api import cohere, legacy, tei
+from compat_api.api.auth import API_KEY
+from compat_api.api.deps import Registry
+from compat_api.api.errors import ERROR_RESPONSES, SHAPE_ERROR, TEI, TEI_TAG, set_dialect
+from compat_api.core.rerank import rerank as core_rerank
+
+router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY)
+
+LEGACY_TAG = "LegacyRerankRequest"
+COHERE_TAG = "CohereRerankRequest"
+
+
+def body_shape(body: Any) -> str | None:
+    """Which dialect a /rerank body speaks, by its keys."""
+    if isinstance(body, dict):
+        if "compare_to" in body:
+            return LEGACY_TAG
+        if "texts" in body:
+            return TEI_TAG
+        if "documents" in body:
+            return COHERE_TAG
+    return None
+
+
+RerankBody = Annotated[
+    Annotated[legacy.LegacyRerankRequest, Tag(LEGACY_TAG)]
+    | Annotated[tei.TeiRerankRequest, Tag(TEI_TAG)]
+    | Annotated[cohere.CohereRerankRequest, Tag(COHERE_TAG)],
+    Discriminator(
+        body_shape,
+        custom_error_type=SHAPE_ERROR,
+        custom_error_message=(
+            "the body must have one of the keys 'compare_to' (original API), 'texts' (TEI) "
+            "or 'documents' (Cohere / Jina)"
+        ),
+    ),
+]
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "`compare_to` → `{data, object}`; `texts` → `[{index, score, text?}]`; "
+        "`documents` → Cohere's `{id, model, results, meta, usage}`",
+        "model": legacy.LegacyRerankResponse | list[tei.TeiRank] | cohere.CohereRerankResponse,
+    },
+}
+
+
+EXAMPLES: dict[str, Any] = {
+    "original": {"summary": "Original API (compare_to)", "value": legacy.SEED_EXAMPLE},
+    "tei": {"summary": "TEI (texts)", "value": tei.EXAMPLE},
+    "cohere": {"summary": "Cohere / Jina (documents)", "value": cohere.EXAMPLE},
+}
+
+
+@router.post("/rerank", responses=RESPONSES)
+async def rerank(
+    body: Annotated[RerankBody, Body(openapi_examples=EXAMPLES)], request: Request, registry: Registry
+) -> JSONResponse:
+    """Rerank in whichever dialect the body speaks (original, TEI or Cohere/Jina)."""
+    if isinstance(body, legacy.LegacyRerankRequest):
+        return JSONResponse(legacy.from_core(await core_rerank(registry, legacy.to_core(body))).model_dump())
+    if isinstance(body, tei.TeiRerankRequest):
+        set_dialect(request, TEI)
+        return JSONResponse(tei.from_core(await core_rerank(registry, tei.to_core(body)), body))
+    return cohere.render(cohere.from_core(await core_rerank(registry, cohere.to_core(body)), body))
