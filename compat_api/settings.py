@@ -46,7 +46,25 @@ class Settings(BaseSettings):
     model_aliases: str = Field("", description="Comma-separated extra names accepted for the served model.")
     device: str = Field("auto", description="Device for the model: auto (CUDA when present), cpu, cuda, cuda:N.")
     fp16: bool | None = Field(None, description="Half precision weights (default: on for CUDA, off on CPU).")
-    max_length: int = Field(512, ge=8, le=8192, description="Tokens per (query, document) pair fed to the model.")
+    max_length: int = Field(
+        1024,
+        ge=16,
+        le=8192,
+        description=(
+            "Model window: tokens per (query, document) pair. 1024 covers typical RAG chunks at a CPU cost "
+            "that stays sane (attention grows with the square); bge-reranker-v2-m3 accepts up to 8192."
+        ),
+    )
+    long_documents: Literal["chunk", "truncate"] = Field(
+        "chunk",
+        description="A document longer than the window: split into overlapping chunks (best chunk wins) or truncate.",
+    )
+    max_chunks_per_doc: int = Field(10, ge=1, le=1000, description="Most chunks per document (Cohere's default).")
+    chunk_overlap: int = Field(64, ge=0, description="Tokens shared by consecutive chunks of a document.")
+    backend: Literal["torch", "int8"] = Field(
+        "torch", description="torch: the model as stored; int8: dynamic int8 Linear layers (CPU fast path)."
+    )
+    cache_mb: int = Field(64, ge=0, description="Memory for the (query, document) score cache in MiB; 0 disables.")
     batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one model call.")
     max_batch_tokens: int = Field(
         16384, ge=64, description="Most padded tokens in one model call (like TEI's max_batch_tokens)."

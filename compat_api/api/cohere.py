@@ -11,17 +11,17 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from compat_api.api.auth import API_KEY
-from compat_api.api.deps import Registry
+from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import ERROR_RESPONSES
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
-from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
+from compat_api.core.rerank import RerankOutcome, RerankQuery
 
 router = APIRouter(tags=["rerank (Cohere / Jina)"], dependencies=API_KEY)
 
@@ -48,7 +48,7 @@ class CohereRerankRequest(BaseModel):
     return_documents: bool | None = Field(None, description="Include each document in its result.")
     rank_fields: list[str] | None = Field(None, description="Object fields ranked on, in order (Cohere v1).")
     max_chunks_per_doc: int | None = Field(
-        None, ge=0, description="Accepted; a document longer than the model window is truncated to it."
+        None, ge=0, le=1000, description="Split a document longer than the model window into up to this many chunks."
     )
 
 
@@ -129,7 +129,8 @@ def to_core(body: CohereRerankRequest | CohereV2RerankRequest) -> RerankQuery:
             max_tokens_per_doc=body.max_tokens_per_doc,
         )  # fmt: skip
     texts = [document_text(doc, i, body.rank_fields) for i, doc in enumerate(body.documents)]
-    return RerankQuery(query=body.query, documents=texts, model=body.model, top_n=body.top_n)
+    return RerankQuery(query=body.query, documents=texts, model=body.model, top_n=body.top_n,
+                       max_chunks_per_doc=body.max_chunks_per_doc or None)  # fmt: skip
 
 
 def result_document(doc: str | dict[str, Any]) -> dict[str, Any]:
@@ -166,12 +167,12 @@ def render(response: CohereRerankResponse) -> JSONResponse:
 
 
 @router.post("/v1/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
-async def cohere_v1_rerank(body: CohereRerankRequest, registry: Registry) -> JSONResponse:
+async def cohere_v1_rerank(body: CohereRerankRequest, request: Request, registry: Registry) -> JSONResponse:
     """Rank `documents` by relevance to `query` (Cohere v1 / Jina / Xinference shape)."""
-    return render(from_core(await rerank(registry, to_core(body)), body))
+    return render(from_core(await run_rerank(request, registry, to_core(body)), body))
 
 
 @router.post("/v2/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
-async def cohere_v2_rerank(body: CohereV2RerankRequest, registry: Registry) -> JSONResponse:
+async def cohere_v2_rerank(body: CohereV2RerankRequest, request: Request, registry: Registry) -> JSONResponse:
     """Rank `documents` by relevance to `query` (Cohere v2 shape, `max_tokens_per_doc` truncation)."""
-    return render(from_core(await rerank(registry, to_core(body)), body, version="2"))
+    return render(from_core(await run_rerank(request, registry, to_core(body)), body, version="2"))

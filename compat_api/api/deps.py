@@ -1,13 +1,16 @@
-"""Request-scoped access to the app's core objects."""
+"""Request-scoped access to the core: the registry, and scoring that stops when the client leaves."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from compat_api.core.errors import ModelNotReady
+from compat_api.core.errors import ModelNotReady, RequestCancelled
 from compat_api.core.registry import ModelRegistry
+from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
 
 
 def get_registry(request: Request) -> ModelRegistry:
@@ -18,3 +21,27 @@ def get_registry(request: Request) -> ModelRegistry:
 
 
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body is already read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_rerank(request: Request, registry: ModelRegistry, query: RerankQuery) -> RerankOutcome:
+    """Rerank, dropping the request's pending work if its client disconnects first."""
+    work = asyncio.ensure_future(rerank(registry, query))
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        raise RequestCancelled("the client closed the connection before the answer was ready")
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()

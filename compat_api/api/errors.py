@@ -31,6 +31,7 @@ from compat_api.core.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    RequestCancelled,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
     (ModelNotReady, 503, 503, "unhealthy"),
     (ModelLoadError, 503, 503, "unhealthy"),
     (ModelFailure, 500, 424, "backend"),
+    (RequestCancelled, 499, 499, "cancelled"),  # nginx's "client closed request"; nobody is listening
 )
 
 

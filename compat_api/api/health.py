@@ -38,7 +38,8 @@ async def probe(served: ServedModel, max_age: float) -> str | None:
     if time.monotonic() - served.engine.last_success <= max_age:
         return None
     try:
-        await asyncio.wait_for(served.engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS)), PROBE_TIMEOUT_S)
+        probe_call = served.engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS), use_cache=False)
+        await asyncio.wait_for(probe_call, PROBE_TIMEOUT_S)
     except TimeoutError:
         return f"a scoring call took longer than {PROBE_TIMEOUT_S:.0f}s"
     except CoreError as exc:

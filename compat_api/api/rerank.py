@@ -14,9 +14,8 @@ from pydantic import Discriminator, Tag
 
 from compat_api.api import cohere, legacy, tei
 from compat_api.api.auth import API_KEY
-from compat_api.api.deps import Registry
+from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import ERROR_RESPONSES, SHAPE_ERROR, TEI, TEI_TAG, set_dialect
-from compat_api.core.rerank import rerank as core_rerank
 
 router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY)
 
@@ -73,8 +72,8 @@ async def rerank(
 ) -> JSONResponse:
     """Rerank in whichever dialect the body speaks (original, TEI or Cohere/Jina)."""
     if isinstance(body, legacy.LegacyRerankRequest):
-        return JSONResponse(legacy.from_core(await core_rerank(registry, legacy.to_core(body))).model_dump())
+        return JSONResponse(legacy.from_core(await run_rerank(request, registry, legacy.to_core(body))).model_dump())
     if isinstance(body, tei.TeiRerankRequest):
         set_dialect(request, TEI)
-        return JSONResponse(tei.from_core(await core_rerank(registry, tei.to_core(body)), body))
-    return cohere.render(cohere.from_core(await core_rerank(registry, cohere.to_core(body)), body))
+        return JSONResponse(tei.from_core(await run_rerank(request, registry, tei.to_core(body)), body))
+    return cohere.render(cohere.from_core(await run_rerank(request, registry, cohere.to_core(body)), body))

@@ -37,7 +37,9 @@ class TeiRerankRequest(BaseModel):
     texts: list[str]
     raw_scores: bool | None = Field(None, description="Return the model's logits instead of sigmoid scores.")
     return_text: bool | None = Field(None, description="Include each text in its result.")
-    truncate: bool | None = Field(None, description="Accepted; long texts are always truncated, never rejected.")
+    truncate: bool | None = Field(
+        None, description="true: cut a too-long text to the window; otherwise the server's long-document policy."
+    )
     truncation_direction: Literal["Left", "Right", "left", "right"] | None = Field(
         None, description="Which end of a too-long text is cut (default Right)."
     )
@@ -51,7 +53,8 @@ class TeiRank(BaseModel):
 
 def to_core(body: TeiRerankRequest) -> RerankQuery:
     left = (body.truncation_direction or "right").lower() == "left"
-    return RerankQuery(query=body.query, documents=body.texts, truncate_left=left, documents_field="texts")
+    return RerankQuery(query=body.query, documents=body.texts, truncate=body.truncate, truncate_left=left,
+                       documents_field="texts")  # fmt: skip
 
 
 def from_core(outcome: RerankOutcome, body: TeiRerankRequest) -> list[dict[str, Any]]:

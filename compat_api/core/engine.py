@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from compat_api.core.cache import CachedScore, ScoreCache
 from compat_api.core.errors import ModelFailure, ModelNotReady, Overloaded
 from compat_api.core.scorers import DEFAULT_OPTIONS, Encoded, EncodeOptions, Item, Scorer
 
@@ -30,6 +31,7 @@ class ScoreResult:
 
     raw: list[float]
     tokens: int
+    cached: int = 0
 
 
 class _Job:
@@ -99,8 +101,10 @@ class BatchEngine:
         max_batch_tokens: int,
         max_batch_size: int,
         max_queue_items: int,
+        cache: ScoreCache | None = None,
     ) -> None:
         self.scorer = scorer
+        self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue_items = max_queue_items
@@ -144,11 +148,49 @@ class BatchEngine:
         return 1
 
     async def score(
-        self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS
+        self,
+        query: str,
+        documents: Sequence[str],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+        *,
+        use_cache: bool = True,
     ) -> ScoreResult:
-        """Score one request's documents against its query; raw scores in input order."""
+        """Score one request's documents against its query; raw scores in input order.
+
+        Documents found in the score cache skip tokenization and the model (`use_cache=False`
+        forces a model call, as the health probe needs).
+        """
         if self._closed or self._task is None:
             raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
+        raw: list[float | None] = [None] * len(documents)
+        tokens = [0] * len(documents)
+        keys: list[bytes] = []
+        cache = self.cache if use_cache else None
+        if cache is not None:
+            namespace = f"{self.scorer.info.name}|{self.scorer.info.path}|{options!r}"
+            keys = [cache.key(namespace, query, doc) for doc in documents]
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is not None:
+                    raw[i], tokens[i] = hit.raw, hit.tokens
+        missing = [i for i, score in enumerate(raw) if score is None]
+        extra_tokens = 0
+        if missing:
+            scored, encoded = await self._score_uncached(query, [documents[i] for i in missing], options)
+            extra_tokens = encoded.tokens - sum(encoded.doc_tokens)  # e.g. an embedding model's query
+            for j, i in enumerate(missing):
+                raw[i], tokens[i] = scored[j], encoded.doc_tokens[j]
+                if cache is not None:
+                    cache.put(keys[i], CachedScore(scored[j], encoded.doc_tokens[j]))
+        return ScoreResult(
+            raw=[float(s) for s in raw if s is not None],
+            tokens=sum(tokens) + extra_tokens,
+            cached=len(documents) - len(missing),
+        )
+
+    async def _score_uncached(
+        self, query: str, documents: Sequence[str], options: EncodeOptions
+    ) -> tuple[list[float], Encoded]:
         # Admission is counted in documents + 1 (an embedding model's query is an item too),
         # before tokenization, so the bound covers every stage.
         cost = len(documents) + 1
@@ -164,15 +206,12 @@ class BatchEngine:
         try:
             encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents, options)
             job = _Job(encoded, loop.create_future())
-            if not encoded.items:
-                job.future.set_result([])
-            else:
-                self._pending.extend(_Slot(job, i) for i in range(len(encoded.items)))
-                assert self._wakeup is not None
-                self._wakeup.set()
+            self._pending.extend(_Slot(job, i) for i in range(len(encoded.items)))
+            assert self._wakeup is not None
+            self._wakeup.set()
             outputs = await job.future
             raw = await loop.run_in_executor(self._tokenizer_thread, self.scorer.finish, encoded, outputs)
-            return ScoreResult(raw=raw, tokens=encoded.tokens)
+            return raw, encoded
         finally:
             if job is not None:
                 job.cancelled = True  # finished or abandoned: nothing of it may run any more

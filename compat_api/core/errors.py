@@ -40,6 +40,10 @@ class Overloaded(CoreError):
         self.retry_after = retry_after
 
 
+class RequestCancelled(CoreError):
+    """The caller went away before the answer was ready; its pending work was dropped."""
+
+
 class ModelFailure(CoreError):
     """The model raised while scoring (out of memory, a broken backend); not the client's fault."""
 

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from compat_api.core.cache import ScoreCache
 from compat_api.core.engine import BatchEngine
 from compat_api.core.errors import ModelNotFound, ModelNotReady
 from compat_api.core.scorers import (
@@ -62,9 +63,13 @@ def load_scorer(settings: Settings) -> Scorer:
             device=device,
             fp16=fp16,
             max_length=settings.max_length,
+            backend=settings.backend,
         )
     name = settings.model_name or _dir_name(settings.model_path)
-    return CrossEncoderScorer(settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length)
+    return CrossEncoderScorer(
+        settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length,
+        backend=settings.backend,
+    )  # fmt: skip
 
 
 def _dir_name(path: str) -> str:
@@ -94,6 +99,7 @@ class ModelRegistry:
             max_batch_tokens=self.settings.max_batch_tokens,
             max_batch_size=self.settings.batch_size,
             max_queue_items=self.settings.max_queue_pairs,
+            cache=ScoreCache(self.settings.cache_mb * 1024 * 1024) if self.settings.cache_mb else None,
         )
         self._models[scorer.info.name] = ServedModel(engine, tuple(self.settings.aliases))
 

@@ -9,6 +9,7 @@ from compat_api.core.errors import EmptyInput, LimitExceeded
 from compat_api.core.ranking import normalize, order_by_score
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.scorers import EncodeOptions
+from compat_api.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class RerankQuery:
     model: str | None = None
     top_n: int | None = None
     max_tokens_per_doc: int | None = None
+    max_chunks_per_doc: int | None = None
+    truncate: bool | None = None
     truncate_left: bool = False
     documents_field: str = "documents"
 
@@ -42,6 +45,21 @@ class RerankOutcome:
         return len(self.scores)
 
 
+def encode_options(request: RerankQuery, settings: Settings) -> EncodeOptions:
+    """A document longer than the window: truncated when the request asks for truncation
+    (v2 `max_tokens_per_doc`, TEI `truncate` / `truncation_direction`), chunked when it asks for
+    chunks (v1 `max_chunks_per_doc`), otherwise as the server's `long_documents` policy says."""
+    asks_truncation = request.max_tokens_per_doc is not None or request.truncate_left or request.truncate is True
+    if asks_truncation or (settings.long_documents == "truncate" and not request.max_chunks_per_doc):
+        return EncodeOptions(mode="truncate", max_doc_tokens=request.max_tokens_per_doc,
+                             truncate_left=request.truncate_left)  # fmt: skip
+    return EncodeOptions(
+        mode="chunk",
+        max_chunks=request.max_chunks_per_doc or settings.max_chunks_per_doc,
+        overlap=settings.chunk_overlap,
+    )
+
+
 async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome:
     """Score each document against the query with the requested model and rank them."""
     field = request.documents_field
@@ -54,7 +72,7 @@ async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome
             field=field,
         )
     served = registry.get(request.model)
-    options = EncodeOptions(max_doc_tokens=request.max_tokens_per_doc, truncate_left=request.truncate_left)
+    options = encode_options(request, registry.settings)
     result = await served.engine.score(request.query, request.documents, options)
     scores = normalize(result.raw, served.info.normalization)
     return RerankOutcome(

@@ -5,17 +5,21 @@ A scorer splits work in three steps so the engine can batch across requests:
 batch of items from any requests (model thread), `finish` turns one request's outputs into one
 raw score per document. Cross-encoders (FlagEmbedding's FlagReranker) score pairs; embedding
 models (the bundled all-MiniLM-L6-v2) embed texts and compare them by cosine similarity.
+A document longer than the model window is truncated or split into overlapping chunks (its
+score is its best chunk's), as the request's `EncodeOptions` say.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from compat_api.core.errors import ModelLoadError
 from compat_api.core.ranking import Normalization
@@ -31,6 +35,8 @@ BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2-embedding-cosine"
 # every such failure becomes one typed start-up error with the path in its message.
 _LOAD_ERRORS = (Exception,)
 
+Backend = Literal["torch", "int8"]
+
 
 @dataclass(frozen=True)
 class Item:
@@ -42,15 +48,23 @@ class Item:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """Per-request truncation: a document token cap (Cohere v2 `max_tokens_per_doc`) and the side
-    a too-long document loses tokens from (TEI `truncation_direction`)."""
+    """How a document that does not fit the model window is handled.
 
+    `truncate` keeps one piece (from the start, or the end with `truncate_left`); `chunk` splits
+    it into up to `max_chunks` windows overlapping by `overlap` tokens. `max_doc_tokens` caps
+    every document first (Cohere v2 `max_tokens_per_doc`).
+    """
+
+    mode: Literal["truncate", "chunk"] = "truncate"
+    max_chunks: int = 1
+    overlap: int = 0
     max_doc_tokens: int | None = None
     truncate_left: bool = False
 
     @property
-    def is_default(self) -> bool:
-        return self.max_doc_tokens is None and not self.truncate_left
+    def is_flag_default(self) -> bool:
+        """FlagEmbedding's own policy: truncate from the right, no extra cap."""
+        return self.mode == "truncate" and self.max_doc_tokens is None and not self.truncate_left
 
 
 DEFAULT_OPTIONS = EncodeOptions()
@@ -63,13 +77,38 @@ def cut(ids: list[int], limit: int, left: bool) -> list[int]:
     return ids[len(ids) - limit :] if left else ids[:limit]
 
 
+def fit_document(ids: list[int], room: int, options: EncodeOptions) -> list[list[int]]:
+    """The pieces of one document the model sees: itself if it fits, else chunks or one cut."""
+    room = max(1, room)
+    if options.max_doc_tokens is not None:
+        ids = cut(ids, options.max_doc_tokens, options.truncate_left)
+    if len(ids) <= room:
+        return [ids]
+    if options.mode == "truncate" or options.max_chunks <= 1:
+        return [cut(ids, room, options.truncate_left)]
+    stride = max(1, room - min(options.overlap, room // 2))
+    chunks: list[list[int]] = []
+    for start in range(0, len(ids), stride):
+        chunks.append(ids[start : start + room])
+        if start + room >= len(ids) or len(chunks) >= options.max_chunks:
+            break
+    return chunks
+
+
 @dataclass(frozen=True)
 class Encoded:
-    """One request after tokenization: its model items and the tokens it is billed for."""
+    """One request after tokenization.
+
+    `items` go to the model; `owners[i]` is the document of `items[first_doc_item + i]`
+    (an embedding model's query comes first); `doc_tokens` is what each document is billed,
+    `tokens` the whole request (an embedding model's query counted once).
+    """
 
     items: list[Item]
+    owners: list[int]
+    doc_tokens: list[int]
     tokens: int
-    documents: int
+    first_doc_item: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +133,22 @@ def resolve_device(requested: str) -> str:
     if requested != "auto":
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def best_per_document(encoded: Encoded, scores: Sequence[float]) -> list[float]:
+    """A document's score is its best piece's (one piece unless it was chunked)."""
+    best: list[float | None] = [None] * len(encoded.doc_tokens)
+    for owner, score in zip(encoded.owners, scores, strict=True):
+        current = best[owner]
+        best[owner] = score if current is None else max(current, score)
+    return [float(s) if s is not None else float("nan") for s in best]
+
+
+def _bill(owners: list[int], items: Sequence[Item], documents: int) -> list[int]:
+    tokens = [0] * documents
+    for owner, item in zip(owners, items, strict=True):
+        tokens[owner] += item.length
+    return tokens
 
 
 class Scorer(ABC):
@@ -126,17 +181,42 @@ def _pad(tokenizer: Any, items: Sequence[Item], device: str) -> dict[str, torch.
     return {key: value.to(device) for key, value in padded.items()}
 
 
+def _prepare(model: Any, *, device: str, fp16: bool, backend: Backend) -> tuple[Any, str]:
+    """Move the model to its device and precision; `int8` quantizes its Linear layers (CPU only)."""
+    import torch
+
+    if backend == "int8":
+        if device != "cpu":
+            raise ModelLoadError(f"the int8 backend runs on the CPU only (device is {device!r}); use fp16 on GPUs")
+        with warnings.catch_warnings():
+            # torch.ao's eager quantization is deprecated in favour of torchao, which has no
+            # CPU dynamic-int8 path for these models yet; the API still works in torch 2.13.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model.float().eval(), {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+        return model, "int8-dynamic"
+    if fp16 and device != "cpu":
+        model = model.half()
+    model = model.to(device).eval()
+    return model, str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 class CrossEncoderScorer(Scorer):
     """A sequence-classification reranker loaded with FlagEmbedding's FlagReranker.
 
-    Tokenization reproduces `FlagReranker.compute_score` exactly (query cut to 3/4 of
-    max_length, document to max_length, then the pair template with `only_second`
-    truncation), batched instead of pair by pair, so scores equal FlagEmbedding's.
+    Tokenization reproduces `FlagReranker.compute_score` (query cut to 3/4 of max_length,
+    document to max_length, then the pair template with `only_second` truncation), batched
+    instead of pair by pair, so scores equal FlagEmbedding's for every document that fits.
     """
 
-    def __init__(self, path: str, *, name: str, device: str, fp16: bool, max_length: int) -> None:
+    def __init__(
+        self, path: str, *, name: str, device: str, fp16: bool, max_length: int, backend: Backend = "torch"
+    ) -> None:
         started = time.perf_counter()
-        log.info("loading cross-encoder reranker from %s with FlagEmbedding (device=%s, fp16=%s)", path, device, fp16)
+        log.info("loading cross-encoder reranker from %s with FlagEmbedding (device=%s, fp16=%s, backend=%s)",
+                 path, device, fp16, backend)  # fmt: skip
         _check_model_dir(path)
         try:
             from FlagEmbedding import FlagReranker
@@ -144,23 +224,15 @@ class CrossEncoderScorer(Scorer):
             reranker = FlagReranker(path, use_fp16=fp16, devices=[device], max_length=max_length, normalize=False)
         except _LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load reranker model from {path}: {exc}") from exc
-        self._reranker = reranker
         self.tokenizer = reranker.tokenizer
-        model = reranker.model
-        if fp16 and device != "cpu":
-            model = model.half()
-        self.model = model.to(device).eval()
+        self.model, dtype = _prepare(reranker.model, device=device, fp16=fp16, backend=backend)
         self._device = device
+        max_length = min(max_length, model_window(self.tokenizer, reranker.model.config))
         self._max_length = max_length
         self._query_max_length = max_length * 3 // 4
         # transformers 4 tokenizers keep the id-level API that FlagEmbedding prefers.
         self._legacy_pairs = callable(getattr(self.tokenizer, "prepare_for_model", None))
-        self._pair_specials = (
-            len(self.tokenizer("a", "b")["input_ids"])
-            - len(self.tokenizer("a", add_special_tokens=False)["input_ids"])
-            - len(self.tokenizer("b", add_special_tokens=False)["input_ids"])
-        )
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self._pair_specials = _special_count(self.tokenizer, pair=True)
         self.info = ModelInfo(
             name=name,
             kind="cross-encoder",
@@ -170,23 +242,28 @@ class CrossEncoderScorer(Scorer):
             max_length=max_length,
             normalization=Normalization.SIGMOID,
             load_seconds=time.perf_counter() - started,
-            extra={"architecture": type(self.model).__name__},
+            extra={"architecture": type(reranker.model).__name__, "backend": backend},
         )
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
         tok = self.tokenizer
         q_ids = tok([query], add_special_tokens=False, truncation=True, max_length=self._query_max_length)
         q_ids = q_ids["input_ids"][0]
-        if options.is_default:
+        if options.is_flag_default:
             d_ids = tok(list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length)
-            d_ids = d_ids["input_ids"]
+            pieces = [[ids] for ids in d_ids["input_ids"]]
         else:
-            # Cap each document, then fit the pair from the requested side, so that the
-            # template's own right-side truncation has nothing left to cut.
             room = self._max_length - len(q_ids) - self._pair_specials
-            limit = max(1, min(room, options.max_doc_tokens or room))
-            d_ids = tok(list(documents), add_special_tokens=False, truncation=False)["input_ids"]
-            d_ids = [cut(ids, limit, options.truncate_left) for ids in d_ids]
+            full = tok(list(documents), add_special_tokens=False, verbose=False)["input_ids"]
+            pieces = [fit_document(ids, room, options) for ids in full]
+        owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
+        features = self._pairs(q_ids, [ids for parts in pieces for ids in parts])
+        items = [Item(len(f["input_ids"]), f) for f in features]
+        doc_tokens = _bill(owners, items, len(documents))
+        return Encoded(items=items, owners=owners, doc_tokens=doc_tokens, tokens=sum(doc_tokens))
+
+    def _pairs(self, q_ids: list[int], d_ids: list[list[int]]) -> list[dict[str, list[int]]]:
+        tok = self.tokenizer
         if self._legacy_pairs:
             from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
@@ -196,28 +273,21 @@ class CrossEncoderScorer(Scorer):
                 )
                 for d in d_ids
             ]
-            features = [{k: list(v) for k, v in row.items()} for row in rows]
-        else:
-            # Same round trip as FlagEmbedding under transformers 5: ids -> text -> pair encoding.
-            q_text = tok.decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            d_texts = tok.batch_decode(d_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            enc = tok(
-                [q_text] * len(d_texts),
-                d_texts,
-                truncation="only_second",
-                max_length=self._max_length,
-                padding=False,
-            )
-            keys = list(enc.keys())
-            features = [{k: enc[k][i] for k in keys} for i in range(len(d_texts))]
-            if any(not text for text in d_texts):
-                # An empty second text is falsy to the tokenizer, so FlagEmbedding encodes the
-                # query alone for it; do the same.
-                alone = tok(q_text, truncation=True, max_length=self._max_length, padding=False)
-                single = {k: list(alone[k]) for k in keys}
-                features = [single if not text else f for text, f in zip(d_texts, features, strict=True)]
-        items = [Item(len(f["input_ids"]), f) for f in features]
-        return Encoded(items=items, tokens=sum(i.length for i in items), documents=len(documents))
+            return [{k: list(v) for k, v in row.items()} for row in rows]
+        # Same round trip as FlagEmbedding under transformers 5: ids -> text -> pair encoding.
+        q_text = tok.decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        d_texts = tok.batch_decode(d_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        enc = tok([q_text] * len(d_texts), d_texts, truncation="only_second", max_length=self._max_length,
+                  padding=False)  # fmt: skip
+        keys = list(enc.keys())
+        features = [{k: enc[k][i] for k in keys} for i in range(len(d_texts))]
+        if any(not text for text in d_texts):
+            # An empty second text is falsy to the tokenizer, so FlagEmbedding encodes the
+            # query alone for it; do the same.
+            alone = tok(q_text, truncation=True, max_length=self._max_length, padding=False)
+            single = {k: list(alone[k]) for k in keys}
+            features = [single if not text else f for text, f in zip(d_texts, features, strict=True)]
+        return features
 
     def forward(self, items: Sequence[Item]) -> list[Any]:
         import torch
@@ -228,32 +298,29 @@ class CrossEncoderScorer(Scorer):
             return [float(x) for x in logits.cpu().tolist()]
 
     def finish(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
-        return [float(x) for x in outputs]
+        return best_per_document(encoded, [float(x) for x in outputs])
 
 
 class EmbeddingScorer(Scorer):
     """An embedding model: mean-pooled, L2-normalized embeddings compared by cosine similarity."""
 
-    def __init__(self, path: str, *, name: str, device: str, fp16: bool, max_length: int) -> None:
+    def __init__(
+        self, path: str, *, name: str, device: str, fp16: bool, max_length: int, backend: Backend = "torch"
+    ) -> None:
         started = time.perf_counter()
-        log.info("loading embedding model from %s (device=%s, fp16=%s)", path, device, fp16)
+        log.info("loading embedding model from %s (device=%s, fp16=%s, backend=%s)", path, device, fp16, backend)
         _check_model_dir(path)
         try:
             from transformers import AutoModel, AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
+            loaded = AutoModel.from_pretrained(path)
         except _LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load embedding model from {path}: {exc}") from exc
-        if fp16 and device != "cpu":
-            model = model.half()
-        self.model = model.to(device).eval()
+        self.model, dtype = _prepare(loaded, device=device, fp16=fp16, backend=backend)
         self._device = device
-        self._max_length = min(max_length, _embedding_window(path, model))
-        self._specials = len(self.tokenizer("a")["input_ids"]) - len(
-            self.tokenizer("a", add_special_tokens=False)["input_ids"]
-        )
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self._max_length = min(max_length, _embedding_window(path, loaded), model_window(self.tokenizer, loaded.config))
+        self._specials = _special_count(self.tokenizer, pair=False)
         self.info = ModelInfo(
             name=name,
             kind="embedding",
@@ -263,21 +330,25 @@ class EmbeddingScorer(Scorer):
             max_length=self._max_length,
             normalization=Normalization.COSINE,
             load_seconds=time.perf_counter() - started,
-            extra={"architecture": type(self.model).__name__},
+            extra={"architecture": type(loaded).__name__, "backend": backend},
         )
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
         tok = self.tokenizer
-        if not options.is_default:
-            limit = min(self._max_length - self._specials, options.max_doc_tokens or self._max_length)
-            ids = tok(list(documents), add_special_tokens=False, truncation=False)["input_ids"]
-            cut_ids = [cut(d, max(1, limit), options.truncate_left) for d in ids]
-            documents = tok.batch_decode(cut_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        texts = [query, *documents]
-        enc = tok(texts, truncation=True, max_length=self._max_length, padding=False)
+        if options.is_flag_default:
+            texts, owners = list(documents), list(range(len(documents)))
+        else:
+            full = tok(list(documents), add_special_tokens=False, verbose=False)["input_ids"]
+            pieces = [fit_document(ids, self._max_length - self._specials, options) for ids in full]
+            owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
+            flat = [ids for parts in pieces for ids in parts]
+            texts = tok.batch_decode(flat, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        enc = tok([query, *texts], truncation=True, max_length=self._max_length, padding=False)
         keys = list(enc.keys())
-        items = [Item(len(enc["input_ids"][i]), {k: enc[k][i] for k in keys}) for i in range(len(texts))]
-        return Encoded(items=items, tokens=sum(i.length for i in items), documents=len(documents))
+        items = [Item(len(enc["input_ids"][i]), {k: enc[k][i] for k in keys}) for i in range(len(texts) + 1)]
+        doc_tokens = _bill(owners, items[1:], len(documents))
+        return Encoded(items=items, owners=owners, doc_tokens=doc_tokens,
+                       tokens=items[0].length + sum(doc_tokens), first_doc_item=1)  # fmt: skip
 
     def forward(self, items: Sequence[Item]) -> list[Any]:
         import torch
@@ -291,14 +362,31 @@ class EmbeddingScorer(Scorer):
             return list(unit.cpu().unbind(0))
 
     def finish(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
-        query, docs = outputs[0], outputs[1:]
-        return [float((query * doc).sum()) for doc in docs]
+        query, pieces = outputs[0], outputs[1:]
+        return best_per_document(encoded, [float((query * piece).sum()) for piece in pieces])
+
+
+def model_window(tokenizer: Any, config: Any) -> int:
+    """The longest input the model takes: its position table (RoBERTa-style models reserve
+    pad_token_id + 1 positions) and the tokenizer's own limit, whichever is smaller."""
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if positions and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    limits = [n for n in (positions, int(getattr(tokenizer, "model_max_length", 0) or 0)) if 0 < n < 1_000_000]
+    return min(limits) if limits else 512
+
+
+def _special_count(tokenizer: Any, *, pair: bool) -> int:
+    """How many special tokens the tokenizer's template adds to a text (or a pair)."""
+    bare = len(tokenizer("a", add_special_tokens=False)["input_ids"])
+    if pair:
+        both = len(tokenizer("a", "a")["input_ids"])
+        return both - 2 * bare
+    return len(tokenizer("a")["input_ids"]) - bare
 
 
 def _embedding_window(path: str, model: Any) -> int:
     """The sequence length the embedding model was trained for (sentence-transformers config)."""
-    import json
-
     window = int(getattr(model.config, "max_position_embeddings", 512) or 512)
     st_config = Path(path) / "sentence_bert_config.json"
     if st_config.is_file():

@@ -129,3 +129,31 @@ def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="cannot load reranker model"):
         CrossEncoderScorer(str(broken), name="x", device="cpu", fp16=False, max_length=64)
+
+
+def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
+    int8 = EmbeddingScorer(bundled_model_path(), name="b8", device="cpu", fp16=False, max_length=512, backend="int8")
+    assert int8.info.dtype == "int8-dynamic"
+    for query, docs, best in ENGLISH_SETS:
+        fp32 = normalize(_bundled().score(query, docs), Normalization.COSINE)
+        quantized = normalize(int8.score(query, docs), Normalization.COSINE)
+        assert max(range(len(docs)), key=lambda i: quantized[i]) == best
+        assert quantized == pytest.approx(fp32, abs=0.05)
+
+
+def test_int8_backend_loads_a_cross_encoder(tiny_reranker_dir: Path) -> None:
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t8", device="cpu", fp16=False, max_length=64,
+                                backend="int8")  # fmt: skip
+    assert scorer.info.dtype == "int8-dynamic"
+    assert len(scorer.score(QUERY, DOCS)) == len(DOCS)
+
+
+def test_int8_backend_is_cpu_only(tiny_reranker_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="CPU only"):
+        CrossEncoderScorer(str(tiny_reranker_dir), name="t8", device="cuda", fp16=True, max_length=64, backend="int8")
+
+
+def test_window_is_clamped_to_what_the_model_can_take(tiny_reranker_dir: Path) -> None:
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t", device="cpu", fp16=False, max_length=4096)
+    assert scorer.info.max_length == 512
+    assert len(scorer.score(QUERY, ["word " * 5000])) == 1
