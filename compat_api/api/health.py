@@ -17,6 +17,21 @@ router = APIRouter(tags=["health"])
 PROBE_TIMEOUT_S = 10.0
 
 
+class EngineCounters(BaseModel):
+    """What the model's engine has done since start-up."""
+
+    batches: int
+    pairs: int
+    real_tokens: int
+    padded_tokens: int
+    padding_waste: float
+    model_seconds: float
+    queued: int
+    cache_entries: int
+    cache_hits: int
+    cache_misses: int
+
+
 class ModelHealth(BaseModel):
     name: str
     kind: str
@@ -26,11 +41,29 @@ class ModelHealth(BaseModel):
     load_seconds: float
     ready: bool
     error: str | None = None
+    engine: EngineCounters
 
 
 class HealthResponse(BaseModel):
     status: str
     models: list[ModelHealth]
+
+
+def counters(served: ServedModel) -> EngineCounters:
+    engine = served.engine
+    totals, cache = engine.totals, engine.cache
+    return EngineCounters(
+        batches=totals.batches,
+        pairs=totals.items,
+        real_tokens=totals.real_tokens,
+        padded_tokens=totals.padded_tokens,
+        padding_waste=round(totals.padding_waste, 4),
+        model_seconds=round(totals.model_seconds, 3),
+        queued=engine.queued_items,
+        cache_entries=len(cache) if cache else 0,
+        cache_hits=cache.hits if cache else 0,
+        cache_misses=cache.misses if cache else 0,
+    )
 
 
 async def probe(served: ServedModel, max_age: float) -> str | None:
@@ -69,6 +102,7 @@ async def health(request: Request) -> JSONResponse:
                 load_seconds=round(info.load_seconds, 3),
                 ready=error is None,
                 error=error,
+                engine=counters(served),
             )
         )
     ok = all(m.ready for m in models)

@@ -57,6 +57,22 @@ class _Slot:
         return self.job.encoded.items[self.index]
 
 
+@dataclass
+class EngineTotals:
+    """Running totals since start-up (health, metrics, benchmarks)."""
+
+    batches: int = 0
+    items: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    model_seconds: float = 0.0
+
+    @property
+    def padding_waste(self) -> float:
+        """Share of the model's token slots that were padding."""
+        return 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
 @dataclass(frozen=True)
 class BatchStats:
     """Counters a batch reports to observers (metrics, tests)."""
@@ -117,8 +133,12 @@ class BatchEngine:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_success: float = 0.0
-        self.batches_run = 0
+        self.totals = EngineTotals()
         self.observers: list[Any] = []
+
+    @property
+    def batches_run(self) -> int:
+        return self.totals.batches
 
     @property
     def queued_items(self) -> int:
@@ -248,13 +268,18 @@ class BatchEngine:
             return
         elapsed = time.perf_counter() - started
         self.last_success = time.monotonic()
-        self.batches_run += 1
         stats = BatchStats(
             size=len(items),
             real_tokens=sum(i.length for i in items),
             padded_tokens=len(items) * max(i.length for i in items),
             seconds=elapsed,
         )
+        totals = self.totals
+        totals.batches += 1
+        totals.items += stats.size
+        totals.real_tokens += stats.real_tokens
+        totals.padded_tokens += stats.padded_tokens
+        totals.model_seconds += elapsed
         for observer in self.observers:
             observer(stats)
         for slot, output in zip(batch, outputs, strict=True):

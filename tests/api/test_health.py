@@ -63,3 +63,13 @@ def test_root_redirects_to_swagger_ui(tiny_client: TestClient) -> None:
     assert response.status_code in (302, 307)
     assert response.headers["location"] == "/docs"
     assert "swagger" in tiny_client.get("/docs").text.lower()
+
+
+def test_health_reports_engine_counters(tiny_client: TestClient) -> None:
+    tiny_client.post("/rerank", json={"query": "counters", "compare_to": ["a b c", "d"]})
+    [model] = HealthResponse.model_validate(tiny_client.get("/health").json()).models
+    engine = model.engine
+    assert engine.batches >= 1 and engine.pairs >= 2
+    assert engine.padded_tokens >= engine.real_tokens > 0
+    assert 0.0 <= engine.padding_waste < 1.0
+    assert engine.cache_misses >= 2 and engine.queued == 0
