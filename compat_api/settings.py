@@ -61,8 +61,15 @@ class Settings(BaseSettings):
     )
     max_chunks_per_doc: int = Field(10, ge=1, le=1000, description="Most chunks per document (Cohere's default).")
     chunk_overlap: int = Field(64, ge=0, description="Tokens shared by consecutive chunks of a document.")
-    backend: Literal["torch", "int8"] = Field(
-        "torch", description="torch: the model as stored; int8: dynamic int8 Linear layers (CPU fast path)."
+    backend: Literal["torch", "onnx", "int8"] = Field(
+        "torch",
+        description=(
+            "torch: the model as stored; onnx: the same fp32 model run by ONNX Runtime (CPU, exported once); "
+            "int8: dynamic int8 Linear layers (CPU fast path)."
+        ),
+    )
+    onnx_cache_dir: str = Field(
+        "", description="Where ONNX exports are kept, by model fingerprint (default: <tmp>/compat-api-onnx)."
     )
     cache_mb: int = Field(64, ge=0, description="Memory for the (query, document) score cache in MiB; 0 disables.")
     batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one model call.")

@@ -64,11 +64,13 @@ def load_scorer(settings: Settings) -> Scorer:
             fp16=fp16,
             max_length=settings.max_length,
             backend=settings.backend,
+            threads=settings.torch_threads,
+            onnx_cache_dir=settings.onnx_cache_dir,
         )
     name = settings.model_name or _dir_name(settings.model_path)
     return CrossEncoderScorer(
         settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length,
-        backend=settings.backend,
+        backend=settings.backend, threads=settings.torch_threads, onnx_cache_dir=settings.onnx_cache_dir,
     )  # fmt: skip
 
 

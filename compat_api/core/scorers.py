@@ -35,7 +35,7 @@ BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2-embedding-cosine"
 # every such failure becomes one typed start-up error with the path in its message.
 _LOAD_ERRORS = (Exception,)
 
-Backend = Literal["torch", "int8"]
+Backend = Literal["torch", "int8", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,39 @@ def _pad(tokenizer: Any, items: Sequence[Item], device: str) -> dict[str, torch.
     return {key: value.to(device) for key, value in padded.items()}
 
 
-def _prepare(model: Any, *, device: str, fp16: bool, backend: Backend) -> tuple[Any, str]:
-    """Move the model to its device and precision; `int8` quantizes its Linear layers (CPU only)."""
+def default_onnx_cache() -> str:
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / "compat-api-onnx")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a scorer runs its model."""
+
+    device: str = "cpu"
+    fp16: bool = False
+    backend: Backend = "torch"
+    threads: int = 1
+    onnx_cache_dir: str = ""
+
+
+def _prepare(model: Any, tokenizer: Any, path: str, output: str, runtime: Runtime) -> tuple[Any, str]:
+    """Move the model to its device and precision; `int8` quantizes its Linear layers and `onnx`
+    exports it to ONNX Runtime (both CPU only)."""
     import torch
 
+    device, fp16, backend = runtime.device, runtime.fp16, runtime.backend
+    if backend != "torch" and device != "cpu":
+        raise ModelLoadError(f"the {backend} backend runs on the CPU only (device is {device!r}); use fp16 on GPUs")
+    if backend == "onnx":
+        from compat_api.core.onnx_backend import OnnxModule
+
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer("a", "b")]
+        module = OnnxModule(model.float().eval(), path=path, input_names=names, output=output,
+                            threads=runtime.threads, cache_dir=runtime.onnx_cache_dir)  # fmt: skip
+        return module, "float32-onnx"
     if backend == "int8":
-        if device != "cpu":
-            raise ModelLoadError(f"the int8 backend runs on the CPU only (device is {device!r}); use fp16 on GPUs")
         with warnings.catch_warnings():
             # torch.ao's eager quantization is deprecated in favour of torchao, which has no
             # CPU dynamic-int8 path for these models yet; the API still works in torch 2.13.
@@ -212,8 +238,18 @@ class CrossEncoderScorer(Scorer):
     """
 
     def __init__(
-        self, path: str, *, name: str, device: str, fp16: bool, max_length: int, backend: Backend = "torch"
+        self,
+        path: str,
+        *,
+        name: str,
+        device: str,
+        fp16: bool,
+        max_length: int,
+        backend: Backend = "torch",
+        threads: int = 1,
+        onnx_cache_dir: str = "",
     ) -> None:
+        runtime = Runtime(device, fp16, backend, threads, onnx_cache_dir or default_onnx_cache())
         started = time.perf_counter()
         log.info("loading cross-encoder reranker from %s with FlagEmbedding (device=%s, fp16=%s, backend=%s)",
                  path, device, fp16, backend)  # fmt: skip
@@ -225,7 +261,7 @@ class CrossEncoderScorer(Scorer):
         except _LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load reranker model from {path}: {exc}") from exc
         self.tokenizer = reranker.tokenizer
-        self.model, dtype = _prepare(reranker.model, device=device, fp16=fp16, backend=backend)
+        self.model, dtype = _prepare(reranker.model, self.tokenizer, path, "logits", runtime)
         self._device = device
         max_length = min(max_length, model_window(self.tokenizer, reranker.model.config))
         self._max_length = max_length
@@ -305,8 +341,18 @@ class EmbeddingScorer(Scorer):
     """An embedding model: mean-pooled, L2-normalized embeddings compared by cosine similarity."""
 
     def __init__(
-        self, path: str, *, name: str, device: str, fp16: bool, max_length: int, backend: Backend = "torch"
+        self,
+        path: str,
+        *,
+        name: str,
+        device: str,
+        fp16: bool,
+        max_length: int,
+        backend: Backend = "torch",
+        threads: int = 1,
+        onnx_cache_dir: str = "",
     ) -> None:
+        runtime = Runtime(device, fp16, backend, threads, onnx_cache_dir or default_onnx_cache())
         started = time.perf_counter()
         log.info("loading embedding model from %s (device=%s, fp16=%s, backend=%s)", path, device, fp16, backend)
         _check_model_dir(path)
@@ -317,7 +363,7 @@ class EmbeddingScorer(Scorer):
             loaded = AutoModel.from_pretrained(path)
         except _LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load embedding model from {path}: {exc}") from exc
-        self.model, dtype = _prepare(loaded, device=device, fp16=fp16, backend=backend)
+        self.model, dtype = _prepare(loaded, self.tokenizer, path, "last_hidden_state", runtime)
         self._device = device
         self._max_length = min(max_length, _embedding_window(path, loaded), model_window(self.tokenizer, loaded.config))
         self._specials = _special_count(self.tokenizer, pair=False)
