@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" -r requirement
 
 COPY compat_api ./compat_api
 RUN useradd --create-home --uid 10001 app
-USER app
+USER 10001
 
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \

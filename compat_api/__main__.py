@@ -1,29 +1,61 @@
-"""Command line: `python -m compat_api [--host H] [--port P] [--model-path DIR] ...` serves the API."""
+"""Command line.
+
+`python -m compat_api [--host H] [--port P] [--model-path DIR] ...` serves the API (every
+setting is a flag; `--help` lists them). `python -m compat_api download-model ...` puts a model
+on the model volume (see compat_api/provision.py).
+"""
 
 from __future__ import annotations
 
-import logging
+import math
 import sys
+from types import FrameType
 
 import uvicorn
 
 from compat_api.api.app import create_app
+from compat_api.api.observability import configure_logging
 from compat_api.settings import Settings
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.run(
-        create_app(settings),
+def serve(argv: list[str]) -> None:
+    settings = Settings(_cli_parse_args=argv)
+    configure_logging(settings.log_level, settings.log_format == "json")
+    build_server(settings).run()
+
+
+def build_server(settings: Settings) -> uvicorn.Server:
+    """uvicorn serving the app; SIGTERM turns /health 503 at once, then drains within the grace."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=None,  # our handlers: text or JSON lines with the request id
+        access_log=False,  # one access line per request comes from our middleware
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )
+    server = uvicorn.Server(config)
+    stop = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        # Health turns 503 at once, so the platform stops routing here; uvicorn stops accepting
+        # and lets admitted requests finish within the grace period.
+        app.state.status = "stopping"
+        stop(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["download-model"]:
+        from compat_api.provision import main as provision
+
+        sys.exit(provision(args[1:]))
+    serve(args)
 
 
 if __name__ == "__main__":

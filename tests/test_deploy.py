@@ -64,7 +64,38 @@ def test_env_names_in_s_yaml_are_settings() -> None:
 
 def test_dockerfile_runs_the_server_without_a_baked_model() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert 'CMD ["python", "-m", "compat_api"]' in text
-    assert "USER app" in text and "HEALTHCHECK" in text
-    assert "COPY requirements.txt" in text
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert re.search(r"^USER 10001$", text, re.M), "runs as a non-root user"
+    assert "HEALTHCHECK" in text and "COPY requirements.txt" in text
     assert not re.search(r"^(COPY|ADD)\s+\S*(safetensors|model)", text, re.M | re.I)
+
+
+def test_dockerfile_cmd_is_the_readme_run_command() -> None:
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert cmd is not None
+    command = " ".join(json.loads(cmd.group(1)))
+    readme = (ROOT / "README.md").read_text()
+    two_commands = readme.split("## Two commands", 1)[1].split("##", 1)[0]
+    assert two_commands.count(f"&& {command}\n") == 1, f"the README's run command is {command!r}"
+    docker = readme.split("## Run with Docker", 1)[1].split("\n## ", 1)[0]
+    assert "docker run" in docker and "MODEL_PATH" in docker
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+
+    binary = shutil.which("hadolint")
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip install -r requirements-dev.txt)")
+    result = subprocess.run([binary, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_variant_runs_fp16_on_a_gpu() -> None:
+    gpu = fc3_resources()["rerank-gpu"]
+    assert gpu["gpuConfig"]["gpuType"].startswith("fc.gpu.")
+    assert gpu["environmentVariables"]["RERANK_DEVICE"] == "cuda"
+    assert gpu["environmentVariables"]["RERANK_FP16"] == "true"
+    cpu = fc3_resources()["rerank-cpu"]
+    assert "gpuConfig" not in cpu and cpu["environmentVariables"]["RERANK_DEVICE"] == "cpu"

@@ -6,14 +6,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from compat_api import __version__
 from compat_api.api import cohere, health, models, rerank, tei
 from compat_api.api.errors import install_error_handlers
-from compat_api.api.middleware import JsonBodyMiddleware
+from compat_api.api.middleware import BodyMiddleware
+from compat_api.api.observability import Metrics, ObservabilityMiddleware
+from compat_api.core.errors import ModelLoadError
 from compat_api.core.registry import ModelRegistry
+from compat_api.provision import ProvisionError, provision
 from compat_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,15 @@ With `RERANK_API_KEYS` set, use the Authorize button (Bearer key).
 """
 
 
+def provision_or_fail(settings: Settings) -> None:
+    """Put the configured hub model on the model volume first, if it holds none yet."""
+    assert settings.model_path and settings.provision_model
+    try:
+        provision(Path(settings.model_path), model_id=settings.provision_model, source=settings.provision_source)
+    except ProvisionError as exc:
+        raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the lifespan loads and warms the model before traffic is served."""
     settings = settings or Settings()
@@ -39,10 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.status = "loading"
         registry = ModelRegistry(settings)
+        if settings.provision_model and settings.model_path:
+            await asyncio.to_thread(provision_or_fail, settings)
         await asyncio.to_thread(registry.load)
         if settings.warmup:
             await asyncio.to_thread(registry.warm_up)
         registry.start()
+        app.state.metrics.watch(registry)
         app.state.registry = registry
         app.state.status = "ok"
         log.info("ready: serving %s", ", ".join(m.info.name for m in registry.models))
@@ -52,10 +70,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.status = "stopping"
             await registry.close()
 
-    app = FastAPI(title="compat-api rerank server", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI's assets come from the fastapi-offline package, not a CDN: FC regions and
+    # private networks often cannot reach one.
+    app = FastAPIOffline(
+        title="compat-api rerank server",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"tryItOutEnabled": True, "displayRequestDuration": True},
+    )
     app.state.settings = settings
+    metrics = Metrics()
+    app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(rerank.router)
     app.include_router(cohere.router)

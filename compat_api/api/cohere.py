@@ -11,14 +11,14 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from compat_api.api.auth import API_KEY
 from compat_api.api.deps import Registry, run_rerank
-from compat_api.api.errors import ERROR_RESPONSES
+from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
 from compat_api.core.rerank import RerankOutcome, RerankQuery
@@ -110,14 +110,14 @@ def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] 
     if isinstance(doc, str):
         return doc
     fields = rank_fields or ["text"]
-    missing = [f for f in fields if f not in doc]
-    if missing:
-        raise InvalidInput(
-            f"documents[{index}] has no field {missing[0]!r} to rank on", field=f"documents[{index}].{missing[0]}"
-        )
+    for name in fields:
+        where = f"documents[{index}].{name}"
+        if name not in doc:
+            raise InvalidInput(f"documents[{index}] has no field {name!r} to rank on", field=where)
+        if not isinstance(doc[name], str | int | float) or isinstance(doc[name], bool):
+            raise InvalidInput(f"{where} must be a string to rank on", field=where)
     if rank_fields is None:
-        value = doc["text"]
-        return value if isinstance(value, str) else str(value)
+        return str(doc["text"])
     return "\n".join(f"{f}: {doc[f]}" for f in fields)
 
 
@@ -166,13 +166,15 @@ def render(response: CohereRerankResponse) -> JSONResponse:
     return JSONResponse(response.model_dump(exclude_none=True))
 
 
-@router.post("/v1/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
+@router.post("/v1/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES,
+             dependencies=[Depends(dialect(COHERE_V1))])  # fmt: skip
 async def cohere_v1_rerank(body: CohereRerankRequest, request: Request, registry: Registry) -> JSONResponse:
     """Rank `documents` by relevance to `query` (Cohere v1 / Jina / Xinference shape)."""
     return render(from_core(await run_rerank(request, registry, to_core(body)), body))
 
 
-@router.post("/v2/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES)
+@router.post("/v2/rerank", response_model=CohereRerankResponse, responses=ERROR_RESPONSES,
+             dependencies=[Depends(dialect(COHERE_V2))])  # fmt: skip
 async def cohere_v2_rerank(body: CohereV2RerankRequest, request: Request, registry: Registry) -> JSONResponse:
     """Rank `documents` by relevance to `query` (Cohere v2 shape, `max_tokens_per_doc` truncation)."""
     return render(from_core(await run_rerank(request, registry, to_core(body)), body, version="2"))

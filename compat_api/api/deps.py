@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from compat_api.core.errors import ModelNotReady, RequestCancelled
+from compat_api.core.errors import DeadlineExceeded, ModelNotReady, RequestCancelled
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
 
@@ -30,17 +30,23 @@ async def _disconnected(request: Request) -> None:
 
 
 async def run_rerank(request: Request, registry: ModelRegistry, query: RerankQuery) -> RerankOutcome:
-    """Rerank, dropping the request's pending work if its client disconnects first."""
+    """Rerank within the request deadline, dropping the pending work if the client disconnects
+    or the deadline passes first."""
+    timeout = registry.settings.request_timeout
     work = asyncio.ensure_future(rerank(registry, query))
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({work, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if work in done:
             return work.result()
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
-        raise RequestCancelled("the client closed the connection before the answer was ready")
+        if watcher in done:
+            raise RequestCancelled("the client closed the connection before the answer was ready")
+        raise DeadlineExceeded(
+            f"the request took longer than {timeout:g}s (RERANK_REQUEST_TIMEOUT); its pending work was dropped"
+        )
     finally:
         watcher.cancel()
         if not work.done():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compat_api.core.errors import (
     CoreError,
+    DeadlineExceeded,
     EmptyInput,
     InvalidInput,
     LimitExceeded,
@@ -51,10 +52,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "Malformed JSON or an empty document list"),
         (404, "Unknown model"),
+        (413, "A request limit was exceeded (documents, characters, tokens, body bytes)"),
         (422, "A field has the wrong type or value"),
         (429, "The model's queue is full; see Retry-After"),
         (500, "The model failed while scoring"),
         (503, "The model is not ready"),
+        (504, "The request took longer than RERANK_REQUEST_TIMEOUT"),
     )
 }
 
@@ -68,6 +71,10 @@ class TeiErrorBody(BaseModel):
 
 DEFAULT = "default"
 TEI = "tei"
+LEGACY = "legacy"
+COHERE = "cohere"  # Cohere / Jina shape on the shared /rerank route
+COHERE_V1 = "cohere-v1"
+COHERE_V2 = "cohere-v2"
 
 # (error class, status, TEI status, type) — the first match wins, so subclasses come first.
 STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
@@ -79,6 +86,7 @@ STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
     (ModelNotReady, 503, 503, "unhealthy"),
     (ModelLoadError, 503, 503, "unhealthy"),
     (ModelFailure, 500, 424, "backend"),
+    (DeadlineExceeded, 504, 504, "timeout"),
     (RequestCancelled, 499, 499, "cancelled"),  # nginx's "client closed request"; nobody is listening
 )
 
@@ -91,8 +99,18 @@ def status_of(exc: CoreError, dialect: str = DEFAULT) -> tuple[int, str]:
 
 
 def set_dialect(request: Request, dialect: str) -> None:
-    """Mark the request's dialect so that its errors are rendered in that dialect's body."""
+    """Mark the request's dialect: its errors are rendered in that dialect's body, and metrics
+    and access logs are labelled with it."""
     request.state.dialect = dialect
+
+
+def dialect(name: str) -> Callable[[Request], None]:
+    """A route dependency that marks every request of the route with a dialect."""
+
+    def mark(request: Request) -> None:
+        set_dialect(request, name)
+
+    return mark
 
 
 def error_response(
@@ -179,6 +197,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     dialect = _dialect(request)
     if any(TEI_TAG in err.get("loc", ()) for err in errors):
         dialect = TEI  # the shared /rerank route parsed a TEI-shaped body
+        set_dialect(request, TEI)
     kind = "validation" if status == 422 else "invalid_json"
     return error_response(status, message, kind, field, None, dialect)
 
@@ -197,7 +216,15 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, detail, kind, None, headers, _dialect(request))
 
 
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not a client error: logged with its traceback, answered as JSON, never as text."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    message = f"internal error ({type(exc).__name__}); see the server log"
+    return error_response(500, message, "internal", None, None, _dialect(request))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CoreError, _on_core_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,4 +1,4 @@
-"""Liveness, readiness and the landing redirect: `GET /health`, `GET /`."""
+"""Liveness, readiness, metrics and the landing redirect: `GET /health`, `GET /metrics`, `GET /`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from compat_api.core.errors import CoreError
@@ -84,8 +85,11 @@ async def probe(served: ServedModel, max_age: float) -> str | None:
 async def health(request: Request) -> JSONResponse:
     """200 when every model answers a real scoring call; 503 while loading or broken."""
     registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
+    state = getattr(request.app.state, "status", "loading")
+    if state == "stopping":
+        return JSONResponse(HealthResponse(status="stopping", models=[]).model_dump(), status_code=503)
     if registry is None or not registry.models:
-        body = HealthResponse(status=getattr(request.app.state, "status", "loading"), models=[])
+        body = HealthResponse(status=state, models=[])
         return JSONResponse(body.model_dump(), status_code=503)
     max_age = registry.settings.health_max_age
     models = []
@@ -108,6 +112,12 @@ async def health(request: Request) -> JSONResponse:
     ok = all(m.ready for m in models)
     body = HealthResponse(status="ok" if ok else "unhealthy", models=models)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

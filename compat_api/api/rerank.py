@@ -15,7 +15,7 @@ from pydantic import Discriminator, Tag
 from compat_api.api import cohere, legacy, tei
 from compat_api.api.auth import API_KEY
 from compat_api.api.deps import Registry, run_rerank
-from compat_api.api.errors import ERROR_RESPONSES, SHAPE_ERROR, TEI, TEI_TAG, set_dialect
+from compat_api.api.errors import COHERE, ERROR_RESPONSES, LEGACY, SHAPE_ERROR, TEI, TEI_TAG, set_dialect
 
 router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY)
 
@@ -72,8 +72,10 @@ async def rerank(
 ) -> JSONResponse:
     """Rerank in whichever dialect the body speaks (original, TEI or Cohere/Jina)."""
     if isinstance(body, legacy.LegacyRerankRequest):
+        set_dialect(request, LEGACY)
         return JSONResponse(legacy.from_core(await run_rerank(request, registry, legacy.to_core(body))).model_dump())
     if isinstance(body, tei.TeiRerankRequest):
         set_dialect(request, TEI)
         return JSONResponse(tei.from_core(await run_rerank(request, registry, tei.to_core(body)), body))
+    set_dialect(request, COHERE)
     return cohere.render(cohere.from_core(await run_rerank(request, registry, cohere.to_core(body)), body))

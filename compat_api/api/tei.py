@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from compat_api import __version__
 from compat_api.api.auth import API_KEY
 from compat_api.api.deps import Registry
+from compat_api.api.errors import TEI, dialect
 from compat_api.core.rerank import RerankOutcome, RerankQuery
 
-router = APIRouter(tags=["TEI"], dependencies=API_KEY)
+router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))])
 
 EXAMPLE: dict[str, Any] = {
     "query": "What is Deep Learning?",
@@ -93,7 +94,7 @@ async def info(registry: Registry) -> TeiInfo:
         model_type={"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
         max_concurrent_requests=settings.max_queue_pairs,
         max_input_length=served.info.max_length,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=served.engine.max_batch_tokens,
         max_batch_requests=settings.batch_size,
         max_client_batch_size=settings.max_documents,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compat_api.core.cache import CachedScore, ScoreCache
-from compat_api.core.errors import ModelFailure, ModelNotReady, Overloaded
+from compat_api.core.errors import LimitExceeded, ModelFailure, ModelNotReady, Overloaded
 from compat_api.core.scorers import DEFAULT_OPTIONS, Encoded, EncodeOptions, Item, Scorer
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class BatchEngine:
         max_batch_size: int,
         max_queue_items: int,
         cache: ScoreCache | None = None,
+        max_request_tokens: int | None = None,
     ) -> None:
+        self.max_request_tokens = max_request_tokens
         self.scorer = scorer
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
@@ -225,6 +227,12 @@ class BatchEngine:
         job: _Job | None = None
         try:
             encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents, options)
+            if self.max_request_tokens is not None and encoded.tokens > self.max_request_tokens:
+                raise LimitExceeded(
+                    f"the request needs {encoded.tokens} tokens, over the limit of {self.max_request_tokens} "
+                    "(RERANK_MAX_REQUEST_TOKENS)",
+                    field="documents",
+                )
             job = _Job(encoded, loop.create_future())
             self._pending.extend(_Slot(job, i) for i in range(len(encoded.items)))
             assert self._wakeup is not None

@@ -40,6 +40,10 @@ class Overloaded(CoreError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(CoreError):
+    """The request took longer than its deadline; its pending work was dropped."""
+
+
 class RequestCancelled(CoreError):
     """The caller went away before the answer was ready; its pending work was dropped."""
 

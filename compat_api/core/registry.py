@@ -98,10 +98,11 @@ class ModelRegistry:
         )
         engine = BatchEngine(
             scorer,
-            max_batch_tokens=self.settings.max_batch_tokens,
+            max_batch_tokens=self.settings.batch_tokens(scorer.info.device),
             max_batch_size=self.settings.batch_size,
             max_queue_items=self.settings.max_queue_pairs,
             cache=ScoreCache(self.settings.cache_mb * 1024 * 1024) if self.settings.cache_mb else None,
+            max_request_tokens=self.settings.max_request_tokens,
         )
         self._models[scorer.info.name] = ServedModel(engine, tuple(self.settings.aliases))
 

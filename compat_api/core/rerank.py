@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,36 @@ class RerankOutcome:
         return len(self.scores)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_safe(text: str) -> str:
+    """JSON may carry lone surrogates (`"\\ud800"`), which no tokenizer takes: they become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def check_lengths(request: RerankQuery, settings: Settings) -> None:
+    """Character limits, checked before any tokenization; messages name the limit, never the text."""
+    if len(request.query) > settings.max_query_chars:
+        raise LimitExceeded(
+            f"query: {len(request.query)} characters exceed the limit of {settings.max_query_chars} "
+            "(RERANK_MAX_QUERY_CHARS)",
+            field="query",
+        )
+    for i, document in enumerate(request.documents):
+        if len(document) > settings.max_document_chars:
+            field = f"{request.documents_field}[{i}]"
+            raise LimitExceeded(
+                f"{field}: {len(document)} characters exceed the limit of {settings.max_document_chars} "
+                "(RERANK_MAX_DOCUMENT_CHARS)",
+                field=field,
+            )
+
+
 def encode_options(request: RerankQuery, settings: Settings) -> EncodeOptions:
     """A document longer than the window: truncated when the request asks for truncation
     (v2 `max_tokens_per_doc`, TEI `truncate` / `truncation_direction`), chunked when it asks for
@@ -71,9 +102,11 @@ async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome
             f"{len(request.documents)} {field} exceed the limit of {limit} per request (RERANK_MAX_DOCUMENTS)",
             field=field,
         )
+    check_lengths(request, registry.settings)
     served = registry.get(request.model)
+    query, documents = utf8_safe(request.query), [utf8_safe(d) for d in request.documents]
     options = encode_options(request, registry.settings)
-    result = await served.engine.score(request.query, request.documents, options)
+    result = await served.engine.score(query, documents, options)
     scores = normalize(result.raw, served.info.normalization)
     return RerankOutcome(
         model=served.info.name,

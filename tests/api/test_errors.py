@@ -108,3 +108,73 @@ def test_unknown_route_and_wrong_method_are_json(tiny_client: TestClient) -> Non
     wrong = tiny_client.get("/rerank")
     assert wrong.status_code == 405
     assert ErrorBody.model_validate(wrong.json()).message == "Method Not Allowed"
+
+
+MORE_BAD = [
+    # NaN / Infinity literals where numbers or strings belong
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": NaN}', 422, "top_n", "finite number"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": Infinity}', 422, "top_n", "finite number"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": 1.5}', 422, "top_n", "valid integer"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "max_chunks_per_doc": 100000}', 422, "max_chunks_per_doc",
+     "less than or equal to 1000"),
+    # nested nulls
+    ("/v1/rerank", b'{"query": "a", "documents": [null]}', 422, "documents[0]", "valid"),
+    ("/v1/rerank", b'{"query": "a", "documents": [{"text": null}]}', 422, "documents[0].text", "must be a string"),
+    ("/v1/rerank", b'{"query": null, "documents": ["x"]}', 422, "query", "valid string"),
+    ("/v1/rerank", b'{"query": "a", "documents": null}', 422, "documents", "valid list"),
+    ("/rerank", b'{"query": "a", "texts": [null]}', 422, "texts[0]", "valid string"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "rank_fields": [null]}', 422, "rank_fields[0]", "valid string"),
+    # wrong types at each field
+    ("/v1/rerank", b'{"query": ["a"], "documents": ["x"]}', 422, "query", "valid string"),
+    ("/v1/rerank", b'{"query": "a", "documents": {"0": "x"}}', 422, "documents", "valid list"),
+    ("/v1/rerank", b'{"query": "a", "documents": [[1]]}', 422, "documents[0]", "valid"),
+    ("/v2/rerank", b'{"query": "a", "documents": ["x"], "max_tokens_per_doc": "all"}', 422, "max_tokens_per_doc",
+     "valid integer"),
+    ("/rerank", b'{"query": "a", "texts": ["x"], "truncate": "sometimes"}', 422, "truncate", "valid boolean"),
+    ("/v1/rerank", b'"just a string"', 422, "body", "JSON object"),
+    ("/v1/rerank", b"null", 422, "body", "JSON object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "raw", "status", "field", "words"), MORE_BAD)
+def test_more_bad_input_is_a_4xx_naming_the_field(
+    tiny_client: TestClient, path: str, raw: bytes, status: int, field: str, words: str
+) -> None:
+    response = tiny_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    body = response.json()
+    message = body.get("message") or body.get("error")
+    assert words in message
+    if "field" in body:
+        assert body["field"] == field
+
+
+ANSWERED = [
+    {"query": "a", "documents": ["x", "y"], "top_n": 10**30},
+    {"query": "", "documents": ["", " "]},
+    {"query": "   \t\n ", "documents": ["whitespace-only query"]},
+    {"query": "control \x00\x01\x1b[31m chars", "documents": ["\x00\x07\x7f doc", "\u202e\ufeff bidi"]},
+    {"query": "long word", "documents": ["x" * 100_000, "y"]},
+    {"query": "emoji 🙂", "documents": ["😀" * 1000, "\ud7ff"]},
+]
+
+
+@pytest.mark.parametrize("body", ANSWERED)
+def test_odd_but_valid_input_gets_a_correct_answer(tiny_client: TestClient, body: dict[str, object]) -> None:
+    response = tiny_client.post("/v1/rerank", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(body["documents"])))  # type: ignore[arg-type]
+
+
+def test_duplicate_documents_get_identical_scores(tiny_client: TestClient) -> None:
+    response = tiny_client.post("/rerank", json={"query": "q", "compare_to": ["same text", "other", "same text"]})
+    data = response.json()["data"]
+    assert data[0] == data[2]
+
+
+def test_lone_surrogates_in_json_are_answered(tiny_client: TestClient) -> None:
+    raw = b'{"query": "\\ud800 broken", "documents": ["\\udfff also broken", "fine"]}'
+    response = tiny_client.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 2
