@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -44,6 +45,23 @@ def provision_or_fail(settings: Settings) -> None:
         provision(Path(settings.model_path), model_id=settings.provision_model, source=settings.provision_source)
     except ProvisionError as exc:
         raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
+
+
+def publish_security_only_when_required(app: FastAPI, settings: Settings) -> None:
+    """Without API keys nothing needs `Authorization`, so the OpenAPI document (and Swagger UI's
+    Authorize button) declares no security; with keys, every protected route requires it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if not settings.api_key_list:
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    publish_security_only_when_required(app, settings)
     app.include_router(health.router)
     app.include_router(rerank.router)
     app.include_router(cohere.router)

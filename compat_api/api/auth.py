@@ -8,10 +8,12 @@ The scheme is declared to OpenAPI, so Swagger UI's Authorize button sends the ke
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from compat_api.api.errors import ErrorBody
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -45,3 +47,6 @@ async def require_api_key(
 
 
 API_KEY = [Depends(require_api_key)]
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "API keys are configured and the request carries none of them"}
+}

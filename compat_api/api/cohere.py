@@ -9,21 +9,22 @@ null, every optional field nullable, unknown fields ignored.
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
-from compat_api.api.auth import API_KEY
+from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
+from compat_api.api.wire import ChunkCount, NonNegativeInt, PositiveInt
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
 from compat_api.core.rerank import RerankOutcome, RerankQuery
 
-router = APIRouter(tags=["rerank (Cohere / Jina)"], dependencies=API_KEY)
+router = APIRouter(tags=["rerank (Cohere / Jina)"], dependencies=API_KEY, responses=UNAUTHORIZED)
 
 EXAMPLE: dict[str, Any] = {
     "model": "bge-reranker-v2-m3",
@@ -34,34 +35,44 @@ EXAMPLE: dict[str, Any] = {
 }
 
 
+# An object document: ranked on its `text` (documented as required), or on `rank_fields`
+# (Cohere v1), which may name other fields; it comes back whole when asked for.
+DocumentObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+]
+
+
 class CohereRerankRequest(BaseModel):
     """Cohere v1 / Jina / Xinference rerank request."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: list[str | dict[str, Any]] = Field(
-        description="Texts, or objects ranked on `text` (or on `rank_fields`)."
+    documents: list[str | DocumentObject] = Field(
+        description="Texts, or objects ranked on `text` (or on `rank_fields`).", json_schema_extra={"minItems": 1}
     )
-    top_n: int | None = Field(None, ge=0, description="How many results; null, 0 or more than given means all.")
+    top_n: NonNegativeInt | None = Field(None, description="How many results; null, 0 or more than given means all.")
     return_documents: bool | None = Field(None, description="Include each document in its result.")
     rank_fields: list[str] | None = Field(None, description="Object fields ranked on, in order (Cohere v1).")
-    max_chunks_per_doc: int | None = Field(
-        None, ge=0, le=1000, description="Split a document longer than the model window into up to this many chunks."
+    max_chunks_per_doc: ChunkCount | None = Field(
+        None, description="Split a document longer than the model window into up to this many chunks."
     )
 
 
 class CohereV2RerankRequest(BaseModel):
     """Cohere v2 rerank request."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: list[str | dict[str, Any]] = Field(description="Texts (objects are ranked on `text`).")
-    top_n: int | None = Field(None, ge=0, description="How many results; null, 0 or more than given means all.")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="Each document is truncated to this many tokens.")
+    documents: list[str | DocumentObject] = Field(
+        description="Texts (objects are ranked on `text`).", json_schema_extra={"minItems": 1}
+    )
+    top_n: NonNegativeInt | None = Field(None, description="How many results; null, 0 or more than given means all.")
+    max_tokens_per_doc: PositiveInt | None = Field(None, description="Each document is truncated to this many tokens.")
     return_documents: bool | None = Field(None, description="Include each document in its result.")
 
 
@@ -109,16 +120,16 @@ def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] 
     """The text a document is ranked on: the string, its `text`, or its `rank_fields` in order."""
     if isinstance(doc, str):
         return doc
-    fields = rank_fields or ["text"]
-    for name in fields:
-        where = f"documents[{index}].{name}"
-        if name not in doc:
-            raise InvalidInput(f"documents[{index}] has no field {name!r} to rank on", field=where)
-        if not isinstance(doc[name], str | int | float) or isinstance(doc[name], bool):
-            raise InvalidInput(f"{where} must be a string to rank on", field=where)
-    if rank_fields is None:
-        return str(doc["text"])
-    return "\n".join(f"{f}: {doc[f]}" for f in fields)
+    if rank_fields:
+        # Cohere v1: the named fields, in order, as "field: value" lines; absent ones are skipped.
+        present = [f for f in rank_fields if f in doc and isinstance(doc[f], str | int | float)]
+        return "\n".join(f"{f}: {doc[f]}" for f in present)
+    where = f"documents[{index}].text"
+    if "text" not in doc:
+        raise InvalidInput(f"documents[{index}] has no field 'text' to rank on", field=where)
+    if not isinstance(doc["text"], str):
+        raise InvalidInput(f"{where} must be a string to rank on", field=where)
+    return str(doc["text"])
 
 
 def to_core(body: CohereRerankRequest | CohereV2RerankRequest) -> RerankQuery:

@@ -22,10 +22,14 @@ SEED_EXAMPLE: dict[str, Any] = {
 class LegacyRerankRequest(BaseModel):
     """The original request: a query and the texts to compare it to."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, SEED_EXAMPLE)]})
+    model_config = ConfigDict(
+        extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, SEED_EXAMPLE)]}
+    )
 
     query: str = Field(description="The question, usually the user's input.")
-    compare_to: list[str] = Field(description="Candidate texts, e.g. from vector or full-text search.")
+    compare_to: list[str] = Field(
+        description="Candidate texts, e.g. from vector or full-text search.", json_schema_extra={"minItems": 1}
+    )
 
 
 class LegacyRerankResponse(BaseModel):

@@ -12,12 +12,12 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from compat_api.api.auth import API_KEY
+from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry
 from compat_api.api.errors import ERROR_RESPONSES
 from compat_api.core.registry import ServedModel
 
-router = APIRouter(tags=["models"], dependencies=API_KEY)
+router = APIRouter(tags=["models"], dependencies=API_KEY, responses=UNAUTHORIZED)
 
 
 class ModelCard(BaseModel):

@@ -13,11 +13,21 @@ from fastapi.responses import JSONResponse
 from pydantic import Discriminator, Tag
 
 from compat_api.api import cohere, legacy, tei
-from compat_api.api.auth import API_KEY
+from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_rerank
-from compat_api.api.errors import COHERE, ERROR_RESPONSES, LEGACY, SHAPE_ERROR, TEI, TEI_TAG, set_dialect
+from compat_api.api.errors import (
+    COHERE,
+    ERROR_RESPONSES,
+    LEGACY,
+    SHAPE_ERROR,
+    TEI,
+    TEI_TAG,
+    ErrorBody,
+    TeiErrorBody,
+    set_dialect,
+)
 
-router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY)
+router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY, responses=UNAUTHORIZED)
 
 LEGACY_TAG = "LegacyRerankRequest"
 COHERE_TAG = "CohereRerankRequest"
@@ -50,7 +60,9 @@ RerankBody = Annotated[
 ]
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES,
+    # the TEI shape gets TEI's error body and codes (424 for a failing model)
+    **{code: {**entry, "model": ErrorBody | TeiErrorBody} for code, entry in ERROR_RESPONSES.items()},
+    424: {"model": TeiErrorBody, "description": "TEI shape: the model failed while scoring"},
     200: {
         "description": "`compare_to` → `{data, object}`; `texts` → `[{index, score, text?}]`; "
         "`documents` → Cohere's `{id, model, results, meta, usage}`",

@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from compat_api import __version__
-from compat_api.api.auth import API_KEY
+from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry
 from compat_api.api.errors import TEI, dialect
 from compat_api.core.rerank import RerankOutcome, RerankQuery
 
-router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))])
+router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))], responses=UNAUTHORIZED)
 
 EXAMPLE: dict[str, Any] = {
     "query": "What is Deep Learning?",
@@ -32,10 +32,10 @@ EXAMPLE: dict[str, Any] = {
 class TeiRerankRequest(BaseModel):
     """TEI rerank request."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
     query: str
-    texts: list[str]
+    texts: list[str] = Field(json_schema_extra={"minItems": 1})
     raw_scores: bool | None = Field(None, description="Return the model's logits instead of sigmoid scores.")
     return_text: bool | None = Field(None, description="Include each text in its result.")
     truncate: bool | None = Field(

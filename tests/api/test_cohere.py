@@ -130,3 +130,17 @@ def test_usage_matches_the_tokenizer_exactly(tiny_client: TestClient, tiny_reran
     tok = AutoTokenizer.from_pretrained(str(tiny_reranker_dir))
     expected = sum(len(tok(QUERY, d, truncation="only_second", max_length=512)["input_ids"]) for d in DOCS)
     assert rerank(tiny_client).meta.tokens.input_tokens == expected
+
+
+def test_integral_floats_are_integers_as_json_schema_says(tiny_client: TestClient) -> None:
+    assert len(rerank(tiny_client, top_n=2.0).results) == 2
+    assert tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2.5}).status_code == 422
+
+
+def test_rank_fields_skip_fields_a_document_lacks(tiny_client: TestClient) -> None:
+    docs = [{"title": "paris", "body": "capital of france"}, {"title": "cats"}]
+    response = tiny_client.post(
+        "/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": ["title", "body"]}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == 2

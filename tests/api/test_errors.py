@@ -112,8 +112,12 @@ def test_unknown_route_and_wrong_method_are_json(tiny_client: TestClient) -> Non
 
 MORE_BAD = [
     # NaN / Infinity literals where numbers or strings belong
-    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": NaN}', 422, "top_n", "finite number"),
-    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": Infinity}', 422, "top_n", "finite number"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": NaN}', 422, "top_n", "valid integer"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": Infinity}', 422, "top_n", "valid integer"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": "3"}', 422, "top_n", "valid integer"),
+    ("/v1/rerank", b'{"query": "a", "documents": ["x"], "return_documents": 1}', 422, "return_documents",
+     "valid boolean"),
+    ("/rerank", b'{"query": 5, "compare_to": ["x"]}', 422, "query", "valid string"),
     ("/v1/rerank", b'{"query": "a", "documents": ["x"], "top_n": 1.5}', 422, "top_n", "valid integer"),
     ("/v1/rerank", b'{"query": "a", "documents": ["x"], "max_chunks_per_doc": 100000}', 422, "max_chunks_per_doc",
      "less than or equal to 1000"),

@@ -26,7 +26,9 @@ def test_shared_rerank_route_shows_all_three_shapes(tiny_client: TestClient) -> 
     assert body["examples"]["original"]["value"]["query"] == "什么是函数计算"
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]
     assert refs(ok) == {"LegacyRerankResponse", "array", "CohereRerankResponse"}
-    assert post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert refs(post["responses"]["422"]["content"]["application/json"]["schema"]) == {"ErrorBody", "TeiErrorBody"}
+    v1 = spec(tiny_client)["paths"]["/v1/rerank"]["post"]
+    assert v1["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
 
 
 def test_every_route_is_documented(tiny_client: TestClient) -> None:
