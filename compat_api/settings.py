@@ -40,6 +40,35 @@ class Settings(BaseSettings):
             "bundled all-MiniLM-L6-v2 embedding model. Env RERANK_MODEL_PATH or MODEL_PATH."
         ),
     )
+    models: str = Field(
+        "", description="More models, as comma-separated name=path entries (e.g. m3=/mnt/auto/m3,base=/mnt/auto/base)."
+    )
+    models_root: str | None = Field(
+        None, description="A directory whose subdirectories (each with a config.json) are served, named after them."
+    )
+    model_kind: Literal["auto", "cross-encoder", "llm", "llm-layerwise", "llm-lightweight", "embedding"] = Field(
+        "auto", description="The models' kind; auto reads each directory's config.json."
+    )
+    llm_cutoff_layer: int | None = Field(
+        None, ge=1, description="Layer whose score the layer-wise LLM reranker reports (its default when unset)."
+    )
+    reload_interval: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between checks of the model directories for a new version (0: only the admin route).",
+    )
+    required_models: str = Field(
+        "", description="Comma-separated models /health requires to be ready (default: every served model)."
+    )
+    reload_settle: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Seconds a changed model directory must stay unchanged before it is loaded, so that an upload "
+            "in progress (new config, old weights) is never taken for a new version."
+        ),
+    )
+    admin_key: str = Field("", description="Key for the admin routes (POST /admin/models/{name}/reload); empty: off.")
     provision_model: str | None = Field(
         None,
         description=(
@@ -128,7 +157,7 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds a successful model call counts as a passing health check."
     )
 
-    @field_validator("model_path", "model_name", mode="before")
+    @field_validator("model_path", "model_name", "models_root", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -148,6 +177,14 @@ class Settings(BaseSettings):
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return 2048 if device == "cpu" else 32768
+
+    @property
+    def required_model_list(self) -> list[str]:
+        return [name.strip() for name in self.required_models.split(",") if name.strip()]
+
+    @property
+    def model_entries(self) -> list[str]:
+        return [entry.strip() for entry in self.models.split(",") if "=" in entry]
 
     @property
     def cors_origin_list(self) -> list[str]:

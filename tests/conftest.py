@@ -24,6 +24,12 @@ def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny architecture with other random weights: a "new version" of the model."""
+    return build_tiny_xlmr_reranker(tmp_path_factory.mktemp("models") / "tiny-bge-reranker-v2", seed=1)
+
+
+@pytest.fixture(scope="session")
 def minilm_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cross-encoder on the real all-MiniLM-L6-v2 encoder with a seeded 1-logit head."""
     return build_minilm_cross_encoder(tmp_path_factory.mktemp("models") / "minilm-cross-encoder")

@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -22,27 +24,36 @@ def free_port() -> int:
 def start(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start the server the way the README does; `env` replaces the environment when given."""
     port = free_port()
+    # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the server.
+    log = tempfile.NamedTemporaryFile("w+", prefix="compat-api-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
         env={**(os.environ if env is None else env), "RERANK_TORCH_THREADS": "1"},
     )
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    log.close()
     return proc, f"http://127.0.0.1:{port}"
+
+
+def output(proc: subprocess.Popen[str]) -> str:
+    """Everything the server has written so far."""
+    return Path(str(getattr(proc, "log_path", ""))).read_text() if getattr(proc, "log_path", None) else ""
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    return out
+    proc.wait(timeout=30)
+    return output(proc)
 
 
 def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(f"server exited: {output(proc)}")
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
                 return

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from compat_api.__main__ import build_server
 from compat_api.api.app import create_app
 from tests.conftest import make_settings
-from tests.servers import free_port, start, wait_ready
+from tests.servers import free_port, output, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_SECONDS = float(os.environ.get("RERANK_SOAK_SECONDS", "8"))
@@ -72,8 +72,7 @@ def test_32_concurrent_clients_get_no_errors_and_memory_stays_flat(tiny_reranker
         asyncio.run(run(SOAK_SECONDS))
         rss_end = rss_mib(proc.pid)
     finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+        stop(proc)
     latencies = outcome["latencies"]
     assert isinstance(latencies, list)
     report = {
@@ -112,7 +111,8 @@ def test_sigterm_during_a_burst_answers_every_admitted_request(tiny_reranker_dir
     proc.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join(timeout=90)
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    out = output(proc)
     assert not errors, errors
     assert results == [(200, 96)] * 12
     # uvicorn re-raises SIGTERM after a clean drain, so the exit status says "terminated"

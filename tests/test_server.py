@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from compat_api.api.legacy import SEED_EXAMPLE, LegacyRerankResponse
-from tests.servers import serving, start, stop, wait_ready
+from tests.servers import output, serving, start, stop, wait_ready
 
 
 @pytest.fixture()
@@ -44,7 +44,8 @@ def test_bundled_default_serves_with_no_model_configured() -> None:
 
 def test_a_configured_model_that_cannot_load_stops_start_up(tmp_path: Path) -> None:
     proc, _url = start(["--model-path", str(tmp_path / "missing")])
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out = output(proc)
     assert proc.returncode != 0
     assert "is not a directory" in out
     assert "Uvicorn running" not in out

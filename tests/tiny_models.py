@@ -129,3 +129,50 @@ def build_minilm_cross_encoder(target: Path, *, seed: int = 0) -> Path:
         if (source / name).exists():
             shutil.copy2(source / name, target / name)
     return target
+
+
+LLM_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+
+
+def build_tiny_llama_reranker(target: Path, *, seed: int = 0) -> Path:
+    """A decoder-only reranker in bge-reranker-v2-gemma's shape: a tiny random LlamaForCausalLM whose
+    locally built tokenizer has the tokens FlagLLMReranker's prompt needs ('Yes', the newline)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    text = CORPUS + " " + LLM_PROMPT + " A: B: Yes No"
+    words = Counter(re.findall(r"\w+|[^\w\s]", text))
+    chars = Counter(ch for ch in text if not ch.isspace())
+    vocab: list[tuple[str, float]] = [(t, 0.0) for t in ("<unk>", "<s>", "</s>", "<pad>")]
+    vocab += [("▁", -2.0), ("\n", -2.0), ("▁\n", -2.0)]
+    seen = {t for t, _ in vocab}
+    for word, count in sorted(words.items()):
+        for piece in ("▁" + word, word):
+            if piece not in seen:
+                seen.add(piece)
+                vocab.append((piece, -1.0 - 1.0 / count))
+    for ch, count in sorted(chars.items()):
+        if ch not in seen:
+            seen.add(ch)
+            vocab.append((ch, -8.0 - 1.0 / count))
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left", model_max_length=1024)  # fmt: skip
+    fast.save_pretrained(str(target))
+    config_args: dict[str, Any] = dict(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        tie_word_embeddings=False, initializer_range=0.3,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**config_args))
+    model.eval()
+    model.save_pretrained(str(target))
+    return target

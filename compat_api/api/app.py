@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from compat_api import __version__
-from compat_api.api import cohere, health, models, rerank, tei
+from compat_api.api import admin, cohere, health, models, rerank, tei
 from compat_api.api.errors import install_error_handlers
 from compat_api.api.middleware import BodyMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
@@ -48,16 +48,25 @@ def provision_or_fail(settings: Settings) -> None:
 
 
 def publish_security_only_when_required(app: FastAPI, settings: Settings) -> None:
-    """Without API keys nothing needs `Authorization`, so the OpenAPI document (and Swagger UI's
-    Authorize button) declares no security; with keys, every protected route requires it."""
+    """Without API keys (or an admin key) nothing needs that `Authorization`, so the OpenAPI
+    document (and Swagger UI's Authorize button) declares only the schemes actually in force."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = generate()
-        if not settings.api_key_list:
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
+        unused = {"apiKey"} if not settings.api_key_list else set()
+        unused |= {"adminKey"} if not settings.admin_key else set()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                kept = [s for s in operation.get("security", []) if not set(s) & unused]
+                if kept:
+                    operation["security"] = kept
+                else:
                     operation.pop("security", None)
+        schemes = schema.get("components", {}).get("securitySchemes", {})
+        for name in unused:
+            schemes.pop(name, None)
+        if not schemes:
             schema.get("components", {}).pop("securitySchemes", None)
         return schema
 
@@ -117,4 +126,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cohere.router)
     app.include_router(tei.router)
     app.include_router(models.router)
+    app.include_router(admin.router)
     return app

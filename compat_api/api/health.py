@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from compat_api.core.errors import CoreError
-from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ServedModel
+from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ReloadResult, ServedModel
 
 router = APIRouter(tags=["health"])
 
@@ -33,6 +33,23 @@ class EngineCounters(BaseModel):
     cache_misses: int
 
 
+class ReloadOutcome(BaseModel):
+    """The last reload attempt: a failed one leaves the previous version serving."""
+
+    ok: bool
+    at: float
+    fingerprint: str
+    error: str | None = None
+    seconds: float
+
+
+def reload_outcome(result: ReloadResult | None) -> ReloadOutcome | None:
+    if result is None:
+        return None
+    return ReloadOutcome(ok=result.ok, at=result.at, fingerprint=result.fingerprint, error=result.error,
+                         seconds=round(result.seconds, 3))  # fmt: skip
+
+
 class ModelHealth(BaseModel):
     name: str
     kind: str
@@ -42,6 +59,11 @@ class ModelHealth(BaseModel):
     load_seconds: float
     ready: bool
     error: str | None = None
+    required: bool = True
+    path: str
+    fingerprint: str
+    loaded_at: float
+    last_reload: ReloadOutcome | None = None
     engine: EngineCounters
 
 
@@ -92,6 +114,7 @@ async def health(request: Request) -> JSONResponse:
         body = HealthResponse(status=state, models=[])
         return JSONResponse(body.model_dump(), status_code=503)
     max_age = registry.settings.health_max_age
+    required = registry.settings.required_model_list
     models = []
     for served in registry.models:
         error = await probe(served, max_age)
@@ -106,10 +129,15 @@ async def health(request: Request) -> JSONResponse:
                 load_seconds=round(info.load_seconds, 3),
                 ready=error is None,
                 error=error,
+                required=not required or served.spec.name in required,
+                path=served.spec.path,
+                fingerprint=served.fingerprint,
+                loaded_at=served.loaded_at,
+                last_reload=reload_outcome(served.last_reload),
                 engine=counters(served),
             )
         )
-    ok = all(m.ready for m in models)
+    ok = all(m.ready for m in models if m.required)
     body = HealthResponse(status="ok" if ok else "unhealthy", models=models)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 

@@ -8,7 +8,6 @@ restart or another instance on the same disk reuses it and a replaced model is e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -18,28 +17,19 @@ from types import SimpleNamespace
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
+from compat_api.core.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def fingerprint(path: str, output: str) -> str:
-    """Identifies a model directory's contents cheaply: config bytes, weight names, sizes, mtimes."""
+def export_key(path: str, output: str) -> str:
+    """The model directory's fingerprint, salted with what shapes the export."""
     import torch
     import transformers
 
-    digest = hashlib.sha256(f"{output}|{OPSET}|{torch.__version__}|{transformers.__version__}".encode())
-    directory = Path(path)
-    config = directory / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for file in sorted(directory.iterdir()):
-        if file.suffix in WEIGHT_SUFFIXES:
-            stat = file.stat()
-            digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:24]
+    return fingerprint(path, salt=f"{output}|{OPSET}|{torch.__version__}|{transformers.__version__}")
 
 
 class OnnxModule:
@@ -51,7 +41,7 @@ class OnnxModule:
 
         self.output = output
         self.input_names = input_names
-        target = Path(cache_dir) / fingerprint(path, output) / "model.onnx"
+        target = Path(cache_dir) / export_key(path, output) / "model.onnx"
         if not target.is_file():
             export(model, input_names, output, target)
         options = ort.SessionOptions()

@@ -1,21 +1,36 @@
-"""The model registry: builds the configured model's scorer and engine, and answers by name."""
+"""The model registry: which models are served, by which names, and their hot swap.
+
+Models come from settings: one model path, a list of `name=path` entries, or a models root
+whose subdirectories are models; the bundled default only when none is configured. Each model
+directory is watched (a fingerprint of its config and model files, every
+`RERANK_RELOAD_INTERVAL` seconds) and can be reloaded on demand: the new version is loaded and
+warmed beside the old, swapped in atomically, and the old one finishes its in-flight requests
+before it is freed. A version that fails to load never replaces a working one.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from compat_api.core.cache import ScoreCache
 from compat_api.core.engine import BatchEngine
-from compat_api.core.errors import ModelNotFound, ModelNotReady
+from compat_api.core.errors import CoreError, ModelNotFound, ModelNotReady
+from compat_api.core.fingerprint import fingerprint
+from compat_api.core.kinds import Kind, detect_kind
 from compat_api.core.scorers import (
     BUNDLED_MODEL_NAME,
     CrossEncoderScorer,
     EmbeddingScorer,
+    FlagLLMScorer,
     ModelInfo,
     Scorer,
     bundled_model_path,
+    check_model_dir,
     resolve_device,
 )
 from compat_api.settings import Settings
@@ -26,56 +41,116 @@ WARMUP_QUERY = "what is function compute"
 WARMUP_DOCUMENTS = ("function compute is a serverless computing service", "hello")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A configured model: its served name, directory and kind (None: detect from config.json)."""
+
+    name: str
+    path: str
+    kind: Kind | None = None
+    bundled: bool = False
+
+
+@dataclass
+class ReloadResult:
+    """The outcome of the last reload attempt of a model."""
+
+    ok: bool
+    at: float
+    fingerprint: str
+    error: str | None = None
+    seconds: float = 0.0
+
+
 @dataclass
 class ServedModel:
-    """A loaded model with its engine and the names it answers to."""
+    """A model being served: its current engine, the names it answers to, its version."""
 
+    spec: ModelSpec
     engine: BatchEngine
     aliases: tuple[str, ...] = ()
     loaded_at: float = field(default_factory=time.time)
+    fingerprint: str = ""
+    last_reload: ReloadResult | None = None
+    failed_fingerprint: str | None = None
+    reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def answers_to(self, name: str) -> bool:
-        return name == self.info.name or name in self.aliases
+        return name == self.spec.name or name in self.aliases
 
     @property
     def info(self) -> ModelInfo:
         return self.engine.scorer.info
 
 
-def load_scorer(settings: Settings) -> Scorer:
-    """Load the configured model; the bundled embedding model only when none is configured."""
+def model_specs(settings: Settings) -> list[ModelSpec]:
+    """Every configured model; the bundled default only when none is."""
+    kind = None if settings.model_kind == "auto" else settings.model_kind
+    specs: list[ModelSpec] = []
+    if settings.model_path:
+        specs.append(ModelSpec(settings.model_name or _dir_name(settings.model_path), settings.model_path, kind))
+    for entry in settings.model_entries:
+        name, _, path = entry.partition("=")
+        specs.append(ModelSpec(name.strip(), path.strip(), kind))
+    if settings.models_root:
+        root = Path(settings.models_root)
+        if not root.is_dir():
+            from compat_api.core.errors import ModelLoadError
+
+            raise ModelLoadError(f"models root {settings.models_root!r} is not a directory (is the NAS mounted?)")
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and not child.name.startswith(".") and (child / "config.json").is_file():
+                specs.append(ModelSpec(child.name, str(child), kind))
+    if not specs:
+        specs.append(ModelSpec(settings.model_name or BUNDLED_MODEL_NAME, bundled_model_path(), "embedding", True))
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        from compat_api.core.errors import ModelLoadError
+
+        raise ModelLoadError(f"several configured models are named {duplicates}: give each a distinct name")
+    return specs
+
+
+def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
+    """Load one model with the class its kind needs (blocking)."""
     import torch
 
     torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     fp16 = settings.fp16 if settings.fp16 is not None else device.startswith("cuda")
-    if settings.model_path is None:
-        path = bundled_model_path()
+    if spec.bundled:
         log.warning(
             "no model configured: serving the bundled all-MiniLM-L6-v2 embedding model (English, cosine "
             "similarity) as %r. For real reranking set MODEL_PATH (or --model-path) to a "
             "bge-reranker directory, e.g. MODEL_PATH=/mnt/auto/bge-reranker-v2-m3",
-            settings.model_name or BUNDLED_MODEL_NAME,
+            spec.name,
         )
-        return EmbeddingScorer(
-            path,
-            name=settings.model_name or BUNDLED_MODEL_NAME,
-            device=device,
-            fp16=fp16,
-            max_length=settings.max_length,
-            backend=settings.backend,
-            threads=settings.torch_threads,
-            onnx_cache_dir=settings.onnx_cache_dir,
-        )
-    name = settings.model_name or _dir_name(settings.model_path)
-    return CrossEncoderScorer(
-        settings.model_path, name=name, device=device, fp16=fp16, max_length=settings.max_length,
-        backend=settings.backend, threads=settings.torch_threads, onnx_cache_dir=settings.onnx_cache_dir,
-    )  # fmt: skip
+    check_model_dir(spec.path)
+    kind = spec.kind or detect_kind(spec.path)
+    common = {"name": spec.name, "device": device, "fp16": fp16, "max_length": settings.max_length}
+    if kind in ("llm", "llm-layerwise", "llm-lightweight"):
+        return FlagLLMScorer(spec.path, kind=kind, cutoff_layer=settings.llm_cutoff_layer, **common)  # type: ignore[arg-type]
+    backend = {
+        "backend": settings.backend,
+        "threads": settings.torch_threads,
+        "onnx_cache_dir": settings.onnx_cache_dir,
+    }
+    if kind == "embedding":
+        return EmbeddingScorer(spec.path, **common, **backend)  # type: ignore[arg-type]
+    return CrossEncoderScorer(spec.path, **common, **backend)  # type: ignore[arg-type]
 
 
 def _dir_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] or "model"
+
+
+def warm(scorer: Scorer) -> None:
+    """Score a fixed pair, so the first request pays no lazy initialisation (and a broken model shows)."""
+    started = time.perf_counter()
+    scores = scorer.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS))
+    log.info("warmed up %r in %.2fs (scores %s)", scorer.info.name, time.perf_counter() - started,
+             [round(s, 4) for s in scores])  # fmt: skip
 
 
 class ModelRegistry:
@@ -84,45 +159,46 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._models: dict[str, ServedModel] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def _engine(self, scorer: Scorer) -> BatchEngine:
+        settings = self.settings
+        return BatchEngine(
+            scorer,
+            max_batch_tokens=settings.batch_tokens(scorer.info.device),
+            max_batch_size=settings.batch_size,
+            max_queue_items=settings.max_queue_pairs,
+            cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
+            max_request_tokens=settings.max_request_tokens,
+        )
 
     def load(self) -> None:
         """Load and build engines for every configured model (blocking; call off the event loop)."""
-        scorer = load_scorer(self.settings)
-        log.info(
-            "loaded model %r (%s, %s, %s) in %.1fs",
-            scorer.info.name,
-            scorer.info.kind,
-            scorer.info.device,
-            scorer.info.dtype,
-            scorer.info.load_seconds,
-        )
-        engine = BatchEngine(
-            scorer,
-            max_batch_tokens=self.settings.batch_tokens(scorer.info.device),
-            max_batch_size=self.settings.batch_size,
-            max_queue_items=self.settings.max_queue_pairs,
-            cache=ScoreCache(self.settings.cache_mb * 1024 * 1024) if self.settings.cache_mb else None,
-            max_request_tokens=self.settings.max_request_tokens,
-        )
-        self._models[scorer.info.name] = ServedModel(engine, tuple(self.settings.aliases))
+        specs = model_specs(self.settings)
+        aliases = tuple(self.settings.aliases) if len(specs) == 1 else ()
+        for spec in specs:
+            version = fingerprint(spec.path)
+            scorer = load_scorer(spec, self.settings)
+            info = scorer.info
+            log.info("loaded model %r (%s, %s, %s) in %.1fs", info.name, info.kind, info.device, info.dtype,
+                     info.load_seconds)  # fmt: skip
+            self._models[spec.name] = ServedModel(spec, self._engine(scorer), aliases, fingerprint=version)
 
     def warm_up(self) -> None:
-        """Score a fixed pair on every model so the first request pays no lazy initialisation."""
         for served in self._models.values():
-            started = time.perf_counter()
-            scores = served.engine.scorer.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS))
-            log.info(
-                "warmed up %r in %.2fs (scores %s)",
-                served.info.name,
-                time.perf_counter() - started,
-                [round(s, 4) for s in scores],
-            )
+            warm(served.engine.scorer)
 
     def start(self) -> None:
         for served in self._models.values():
             served.engine.start()
+        if self.settings.reload_interval > 0 and any(not m.spec.bundled for m in self._models.values()):
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="model-watcher")
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         for served in self._models.values():
             await served.engine.close()
 
@@ -134,9 +210,9 @@ class ModelRegistry:
         """The model a request asks for; with one model served, every name resolves to it."""
         if not self._models:
             raise ModelNotReady("no model is loaded yet")
-        if len(self._models) == 1:
-            return next(iter(self._models.values()))
-        return self.find(name or "")
+        if len(self._models) == 1 or name is None:
+            return next(iter(self._models.values()))  # the first configured model is the default
+        return self.find(name)
 
     def find(self, name: str) -> ServedModel:
         """The model with exactly this name or alias."""
@@ -146,3 +222,60 @@ class ModelRegistry:
         raise ModelNotFound(
             f"model {name!r} is not served here; served: {', '.join(sorted(self._models))}", field="model"
         )
+
+    # ------------------------------------------------------------------ hot swap
+
+    async def _watch(self) -> None:
+        """Reload a model whose directory changed and then held still for `reload_settle` seconds."""
+        interval, settle = self.settings.reload_interval, self.settings.reload_settle
+        since: dict[str, tuple[str, float]] = {}  # model -> (fingerprint, first seen at)
+        while True:
+            await asyncio.sleep(interval)
+            for served in self.models:
+                if served.spec.bundled:
+                    continue
+                current = await asyncio.to_thread(fingerprint, served.spec.path)
+                if current in (served.fingerprint, served.failed_fingerprint, "missing"):
+                    since.pop(served.spec.name, None)
+                    continue
+                first = since.get(served.spec.name)
+                if first is None or first[0] != current:
+                    since[served.spec.name] = (current, time.monotonic())  # still changing: an upload in progress
+                    continue
+                if time.monotonic() - first[1] >= settle:
+                    since.pop(served.spec.name, None)
+                    await self.reload(served.spec.name)
+
+    async def reload(self, name: str) -> ReloadResult:
+        """Load the model's directory again beside the running version and swap it in if it works."""
+        served = self.find(name)
+        async with served.reloading:
+            started = time.monotonic()
+            version = await asyncio.to_thread(fingerprint, served.spec.path)
+            log.info("reloading model %r from %s (version %s)", name, served.spec.path, version)
+            try:
+                scorer = await asyncio.to_thread(load_scorer, served.spec, self.settings)
+                await asyncio.to_thread(warm, scorer)
+            except (CoreError, Exception) as exc:  # noqa: BLE001 - any failure keeps the old version serving
+                message = exc.message if isinstance(exc, CoreError) else f"{type(exc).__name__}: {exc}"
+                served.failed_fingerprint = version
+                served.last_reload = ReloadResult(False, time.time(), version, message, time.monotonic() - started)
+                log.error("reload of %r failed, the previous version keeps serving: %s", name, message)
+                return served.last_reload
+            engine = self._engine(scorer)
+            engine.start()
+            old = served.engine
+            served.engine, served.fingerprint, served.loaded_at = engine, version, time.time()
+            served.failed_fingerprint = None
+            served.last_reload = ReloadResult(True, time.time(), version, None, time.monotonic() - started)
+            log.info("model %r now serves version %s; draining the previous one", name, version)
+            asyncio.get_running_loop().create_task(self._retire(old), name=f"retire-{name}")
+            return served.last_reload
+
+    async def _retire(self, engine: BatchEngine) -> None:
+        """Let the old version finish what it admitted, then free it."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        while engine.queued_items and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await engine.close()
+        log.info("freed the previous version of %r", engine.scorer.info.name)

@@ -43,7 +43,7 @@ class Item:
     """One unit of model work: a tokenized pair (cross-encoder) or text (embedding model)."""
 
     length: int
-    features: dict[str, list[int]]
+    features: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,7 @@ def _prepare(model: Any, tokenizer: Any, path: str, output: str, runtime: Runtim
                             threads=runtime.threads, cache_dir=runtime.onnx_cache_dir)  # fmt: skip
         return module, "float32-onnx"
     if backend == "int8":
+        own_memory(model)  # embeddings and norms stay float tensors
         with warnings.catch_warnings():
             # torch.ao's eager quantization is deprecated in favour of torchao, which has no
             # CPU dynamic-int8 path for these models yet; the API still works in torch 2.13.
@@ -226,7 +227,23 @@ def _prepare(model: Any, tokenizer: Any, path: str, output: str, runtime: Runtim
     if fp16 and device != "cpu":
         model = model.half()
     model = model.to(device).eval()
+    if device == "cpu":
+        own_memory(model)
     return model, str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def own_memory(model: Any) -> None:
+    """Copy weights that still live in the memory-mapped weight file into the process's own memory.
+
+    safetensors loads by mmap; a new model uploaded over the old file (in place, as NAS uploads
+    do) would pull the pages from under the running model and kill the process with SIGBUS.
+    Moving to a GPU copies anyway; on the CPU this one copy makes hot swap safe.
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
 
 
 class CrossEncoderScorer(Scorer):
@@ -253,7 +270,7 @@ class CrossEncoderScorer(Scorer):
         started = time.perf_counter()
         log.info("loading cross-encoder reranker from %s with FlagEmbedding (device=%s, fp16=%s, backend=%s)",
                  path, device, fp16, backend)  # fmt: skip
-        _check_model_dir(path)
+        check_model_dir(path)
         try:
             from FlagEmbedding import FlagReranker
 
@@ -355,7 +372,7 @@ class EmbeddingScorer(Scorer):
         runtime = Runtime(device, fp16, backend, threads, onnx_cache_dir or default_onnx_cache())
         started = time.perf_counter()
         log.info("loading embedding model from %s (device=%s, fp16=%s, backend=%s)", path, device, fp16, backend)
-        _check_model_dir(path)
+        check_model_dir(path)
         try:
             from transformers import AutoModel, AutoTokenizer
 
@@ -422,6 +439,89 @@ def model_window(tokenizer: Any, config: Any) -> int:
     return min(limits) if limits else 512
 
 
+_FLAG_LLM_CLASSES = {
+    "llm": "FlagLLMReranker",
+    "llm-layerwise": "LayerWiseFlagLLMReranker",
+    "llm-lightweight": "LightWeightFlagLLMReranker",
+}
+
+
+class FlagLLMScorer(Scorer):
+    """Decoder-only rerankers (bge-reranker-v2-gemma, -minicpm-layerwise, -gemma2-lightweight),
+    scored by FlagEmbedding's own `compute_score`: its prompt, and the logit of "Yes".
+
+    The engine still batches across requests and bounds the work; the layer-wise and
+    lightweight classes load their modelling code with `trust_remote_code`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        name: str,
+        kind: str,
+        device: str,
+        fp16: bool,
+        max_length: int,
+        cutoff_layer: int | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        class_name = _FLAG_LLM_CLASSES[kind]
+        log.info("loading %s reranker from %s with FlagEmbedding's %s (device=%s, fp16=%s)",
+                 kind, path, class_name, device, fp16)  # fmt: skip
+        check_model_dir(path)
+        try:
+            import FlagEmbedding
+
+            reranker_class = getattr(FlagEmbedding, class_name)
+            self.reranker = reranker_class(path, use_fp16=fp16, devices=[device], max_length=max_length,
+                                           trust_remote_code=kind != "llm", normalize=False)  # fmt: skip
+        except _LOAD_ERRORS as exc:
+            raise ModelLoadError(f"cannot load {kind} reranker model from {path}: {exc}") from exc
+        if device == "cpu":
+            own_memory(self.reranker.model)
+        self.tokenizer = self.reranker.tokenizer
+        self._max_length = max_length
+        self._extra: dict[str, Any] = {"cutoff_layers": [cutoff_layer]} if cutoff_layer is not None else {}
+        model = self.reranker.model
+        self.info = ModelInfo(
+            name=name,
+            kind=kind,
+            path=path,
+            device=device,
+            dtype="float16" if fp16 and device != "cpu" else "float32",
+            max_length=max_length,
+            normalization=Normalization.SIGMOID,
+            load_seconds=time.perf_counter() - started,
+            extra={"architecture": type(model).__name__, "backend": "flagembedding"},
+        )
+
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
+        tok = self.tokenizer
+        q_len = len(tok(query, add_special_tokens=False)["input_ids"])
+        full = tok(list(documents), add_special_tokens=False, verbose=False)["input_ids"]
+        room = self._max_length - min(q_len, self._max_length * 3 // 4)
+        pieces = [fit_document(ids, room, options) for ids in full]
+        owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
+        flat = [ids for parts in pieces for ids in parts]
+        texts = tok.batch_decode(flat, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        unchanged = [len(parts) == 1 and len(full[doc]) <= room for doc, parts in enumerate(pieces)]
+        items = []
+        for i, (doc, ids) in enumerate(zip(owners, flat, strict=True)):
+            text = documents[doc] if unchanged[doc] else texts[i]
+            items.append(Item(min(self._max_length, q_len + len(ids)), {"pair": (query, text)}))
+        doc_tokens = _bill(owners, items, len(documents))
+        return Encoded(items=items, owners=owners, doc_tokens=doc_tokens, tokens=sum(doc_tokens))
+
+    def forward(self, items: Sequence[Item]) -> list[Any]:
+        pairs = [list(item.features["pair"]) for item in items]
+        scores = self.reranker.compute_score(pairs, batch_size=len(pairs), normalize=False, **self._extra)
+        return [float(s) for s in (scores if isinstance(scores, list) else [scores])]
+
+    def finish(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
+        return best_per_document(encoded, [float(x) for x in outputs])
+
+
 def _special_count(tokenizer: Any, *, pair: bool) -> int:
     """How many special tokens the tokenizer's template adds to a text (or a pair)."""
     bare = len(tokenizer("a", add_special_tokens=False)["input_ids"])
@@ -442,7 +542,7 @@ def _embedding_window(path: str, model: Any) -> int:
     return window
 
 
-def _check_model_dir(path: str) -> None:
+def check_model_dir(path: str) -> None:
     directory = Path(path)
     if not directory.is_dir():
         raise ModelLoadError(f"model path {path!r} is not a directory (is the NAS mounted?)")

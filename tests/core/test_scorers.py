@@ -157,3 +157,22 @@ def test_window_is_clamped_to_what_the_model_can_take(tiny_reranker_dir: Path) -
     scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t", device="cpu", fp16=False, max_length=4096)
     assert scorer.info.max_length == 512
     assert len(scorer.score(QUERY, ["word " * 5000])) == 1
+
+
+def test_a_loaded_model_survives_its_weight_file_being_overwritten(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    """safetensors maps the file; an upload over it must not pull memory from under the model."""
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_reranker_dir, model)
+    script = (
+        "from compat_api.core.scorers import CrossEncoderScorer\n"
+        f"s = CrossEncoderScorer({str(model)!r}, name='m', device='cpu', fp16=False, max_length=64)\n"
+        f"open({str(model / 'model.safetensors')!r}, 'wb').write(b'x' * 100)\n"
+        "print('scores', s.score('q', ['a', 'b']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"died with {result.returncode}: {result.stderr[-2000:]}"
+    assert "scores" in result.stdout

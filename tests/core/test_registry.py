@@ -1,0 +1,71 @@
+"""The model registry's configuration: model lists, a models root, kinds, the bundled default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compat_api.core.errors import ModelLoadError
+from compat_api.core.kinds import detect_kind
+from compat_api.core.registry import model_specs
+from tests.conftest import make_settings
+
+
+def model_dir(root: Path, name: str, architectures: list[str], model_type: str = "x", modules: bool = False) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({"architectures": architectures, "model_type": model_type}))
+    if modules:
+        (directory / "modules.json").write_text("[]")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("architectures", "model_type", "modules", "kind"),
+    [
+        (["XLMRobertaForSequenceClassification"], "xlm-roberta", False, "cross-encoder"),  # bge-reranker-v2-m3
+        (["BertForSequenceClassification"], "bert", False, "cross-encoder"),  # bge-reranker-base
+        (["GemmaForCausalLM"], "gemma", False, "llm"),  # bge-reranker-v2-gemma
+        (["LlamaForCausalLM"], "llama", False, "llm"),
+        (["LayerWiseMiniCPMForCausalLM"], "minicpm", False, "llm-layerwise"),  # bge-reranker-v2-minicpm-layerwise
+        (["CostWiseGemmaForCausalLM"], "cost_wise_gemma", False, "llm-lightweight"),  # v2.5-gemma2-lightweight
+        (["BertModel"], "bert", True, "embedding"),  # all-MiniLM-L6-v2
+        (["XLMRobertaModel"], "xlm-roberta", False, "embedding"),  # bge-m3
+    ],
+)
+def test_kind_detection(tmp_path: Path, architectures: list[str], model_type: str, modules: bool, kind: str) -> None:
+    assert detect_kind(model_dir(tmp_path, "m", architectures, model_type, modules)) == kind
+
+
+def test_unknown_kind_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="RERANK_MODEL_KIND"):
+        detect_kind(model_dir(tmp_path, "m", ["SomethingElse"]))
+
+
+def test_bundled_only_when_nothing_is_configured(tmp_path: Path) -> None:
+    [spec] = model_specs(make_settings(model_path=None))
+    assert spec.bundled and spec.kind == "embedding"
+    [configured] = model_specs(make_settings(model_path=str(tmp_path / "bge-reranker-v2-m3")))
+    assert not configured.bundled and configured.name == "bge-reranker-v2-m3"
+
+
+def test_lists_and_a_models_root_combine(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    model_dir(root, "alpha", ["BertForSequenceClassification"])
+    model_dir(root, "beta", ["GemmaForCausalLM"])
+    (root / "not-a-model").mkdir()
+    settings = make_settings(model_path=str(tmp_path / "main"), models=f"extra={tmp_path / 'x'}", models_root=str(root))
+    assert [s.name for s in model_specs(settings)] == ["main", "extra", "alpha", "beta"]
+
+
+def test_duplicate_names_are_refused(tmp_path: Path) -> None:
+    settings = make_settings(model_path=str(tmp_path / "m"), models=f"m={tmp_path / 'other'}")
+    with pytest.raises(ModelLoadError, match="distinct name"):
+        model_specs(settings)
+
+
+def test_a_missing_models_root_is_a_start_up_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        model_specs(make_settings(models_root=str(tmp_path / "nope")))
