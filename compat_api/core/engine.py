@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,25 +84,38 @@ class BatchStats:
     seconds: float
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
-    """Group item indices into batches of similar length.
+LENGTH_BUCKET_RATIO = 1.25
+MAX_BATCH_PADDING = 0.1  # a batch never grows past 10% padding
 
-    Items are sorted by length (longest first) and packed greedily while the padded cost
-    (batch size x longest item) stays within `max_tokens` and the count within `max_size`.
-    An item longer than the budget on its own still gets a batch of one.
+
+def length_bucket(length: int) -> int:
+    """Lengths within about 25% of each other share a bucket (the padding rule splits finer)."""
+    return math.floor(math.log(max(1, length)) / math.log(LENGTH_BUCKET_RATIO))
+
+
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
+    """Group item indices (given in arrival order) into batches of similar length.
+
+    Items are ordered by length bucket (longest first) and, within a bucket, by arrival, so that
+    padding stays small and earlier requests finish first; then they are packed greedily while
+    the padded cost (batch size x longest item) stays within `max_tokens`, the count within
+    `max_size` and the padding within 10%. An item longer than the budget on its own still gets
+    a batch of one.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: -length_bucket(lengths[i]))  # stable: arrival order
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for i in order:
         length = max(1, lengths[i])
         width = max(longest, length)
-        if current and (width * (len(current) + 1) > max_tokens or len(current) >= max_size):
+        padded = width * (len(current) + 1)
+        too_much_padding = padded - (real + length) > MAX_BATCH_PADDING * padded
+        if current and (padded > max_tokens or len(current) >= max_size or too_much_padding):
             batches.append(current)
-            current, width = [], length
+            current, width, real = [], length, 0
         current.append(i)
-        longest = width
+        longest, real = width, real + length
     if current:
         batches.append(current)
     return batches

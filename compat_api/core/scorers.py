@@ -285,6 +285,11 @@ class CrossEncoderScorer(Scorer):
         self._query_max_length = max_length * 3 // 4
         # transformers 4 tokenizers keep the id-level API that FlagEmbedding prefers.
         self._legacy_pairs = callable(getattr(self.tokenizer, "prepare_for_model", None))
+        # The Rust tokenizer behind a fast tokenizer, driven directly on the hot path.
+        self._backend = None if self._legacy_pairs else getattr(self.tokenizer, "backend_tokenizer", None)
+        self._truncation_side = getattr(self.tokenizer, "truncation_side", "right")
+        self._truncate_left = self._truncation_side == "left"
+        self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", [])
         self._pair_specials = _special_count(self.tokenizer, pair=True)
         self.info = ModelInfo(
             name=name,
@@ -298,17 +303,27 @@ class CrossEncoderScorer(Scorer):
             extra={"architecture": type(reranker.model).__name__, "backend": backend},
         )
 
+    def _ids(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        """Token ids without special tokens, truncated like the tokenizer's own `truncation=True`."""
+        backend = self._backend
+        if backend is None:
+            enc = self.tokenizer(texts, add_special_tokens=False, truncation=max_length is not None,
+                                 max_length=max_length, verbose=False)  # fmt: skip
+            return [list(ids) for ids in enc["input_ids"]]
+        backend.no_truncation()
+        backend.no_padding()
+        ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        if max_length is None:
+            return ids
+        return [cut(i, max_length, self._truncate_left) for i in ids]
+
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
-        tok = self.tokenizer
-        q_ids = tok([query], add_special_tokens=False, truncation=True, max_length=self._query_max_length)
-        q_ids = q_ids["input_ids"][0]
+        q_ids = self._ids([query], self._query_max_length)[0]
         if options.is_flag_default:
-            d_ids = tok(list(documents), add_special_tokens=False, truncation=True, max_length=self._max_length)
-            pieces = [[ids] for ids in d_ids["input_ids"]]
+            pieces = [[ids] for ids in self._ids(list(documents), self._max_length)]
         else:
             room = self._max_length - len(q_ids) - self._pair_specials
-            full = tok(list(documents), add_special_tokens=False, verbose=False)["input_ids"]
-            pieces = [fit_document(ids, room, options) for ids in full]
+            pieces = [fit_document(ids, room, options) for ids in self._ids(list(documents), None)]
         owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
         features = self._pairs(q_ids, [ids for parts in pieces for ids in parts])
         items = [Item(len(f["input_ids"]), f) for f in features]
@@ -328,6 +343,8 @@ class CrossEncoderScorer(Scorer):
             ]
             return [{k: list(v) for k, v in row.items()} for row in rows]
         # Same round trip as FlagEmbedding under transformers 5: ids -> text -> pair encoding.
+        if self._backend is not None:
+            return self._pairs_backend(q_ids, d_ids)
         q_text = tok.decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         d_texts = tok.batch_decode(d_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         enc = tok([q_text] * len(d_texts), d_texts, truncation="only_second", max_length=self._max_length,
@@ -340,6 +357,31 @@ class CrossEncoderScorer(Scorer):
             alone = tok(q_text, truncation=True, max_length=self._max_length, padding=False)
             single = {k: list(alone[k]) for k in keys}
             features = [single if not text else f for text, f in zip(d_texts, features, strict=True)]
+        return features
+
+    def _pairs_backend(self, q_ids: list[int], d_ids: list[list[int]]) -> list[dict[str, list[int]]]:
+        """`_pairs` on the Rust tokenizer directly: the same three steps without the Python
+        wrapper's per-call conversions (a fifth of the request time on small models)."""
+        backend = self._backend
+        assert backend is not None
+        q_text = backend.decode(q_ids, skip_special_tokens=False)
+        d_texts = backend.decode_batch(d_ids, skip_special_tokens=False)
+        backend.no_padding()
+        backend.enable_truncation(self._max_length, strategy="only_second", direction=self._truncation_side)
+        encodings = backend.encode_batch([(q_text, d) if d else q_text for d in d_texts], add_special_tokens=True)
+        if any(not d for d in d_texts):
+            # An empty second text is falsy to the tokenizer, so FlagEmbedding encodes the query
+            # alone for it (with the plain truncation of a single text); do the same.
+            backend.enable_truncation(self._max_length, direction=self._truncation_side)
+            alone = backend.encode(q_text, add_special_tokens=True)
+            encodings = [alone if not d else e for d, e in zip(d_texts, encodings, strict=True)]
+        backend.no_truncation()
+        features = []
+        for e in encodings:
+            row = {"input_ids": e.ids, "attention_mask": e.attention_mask}
+            if self._type_ids:
+                row["token_type_ids"] = e.type_ids
+            features.append(row)
         return features
 
     def forward(self, items: Sequence[Item]) -> list[Any]:

@@ -69,3 +69,38 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
 def test_a_missing_models_root_is_a_start_up_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a directory"):
         model_specs(make_settings(models_root=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag_class"),
+    [("llm", "FlagLLMReranker"), ("llm-layerwise", "LayerWiseFlagLLMReranker"),
+     ("llm-lightweight", "LightWeightFlagLLMReranker")],
+)  # fmt: skip
+def test_llm_kinds_route_to_flagembeddings_classes(kind: str, flag_class: str, tmp_path: Path) -> None:
+    """The layer-wise and lightweight models need their own remote code, so their loading is
+    checked up to FlagEmbedding's class: the right class is asked for, with trust_remote_code."""
+    import FlagEmbedding
+
+    from compat_api.core import scorers
+    from compat_api.core.registry import ModelSpec, load_scorer
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    class Recorder:
+        def __init__(self, path: str, **kwargs: object) -> None:
+            calls.append((path, kwargs))
+            raise RuntimeError("recorded")
+
+    assert scorers._FLAG_LLM_CLASSES[kind] == flag_class
+    directory = model_dir(tmp_path, "m", {"llm": ["GemmaForCausalLM"], "llm-layerwise": ["LayerWiseMiniCPMForCausalLM"],
+                                          "llm-lightweight": ["CostWiseGemmaForCausalLM"]}[kind])  # fmt: skip
+    original = getattr(FlagEmbedding, flag_class)
+    setattr(FlagEmbedding, flag_class, Recorder)
+    try:
+        with pytest.raises(ModelLoadError, match=f"cannot load {kind} reranker"):
+            load_scorer(ModelSpec("m", str(directory)), make_settings(llm_cutoff_layer=28))
+    finally:
+        setattr(FlagEmbedding, flag_class, original)
+    [(path, kwargs)] = calls
+    assert path == str(directory)
+    assert kwargs["trust_remote_code"] is (kind != "llm")
