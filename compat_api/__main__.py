@@ -35,6 +35,7 @@ def build_server(settings: Settings) -> uvicorn.Server:
         log_config=None,  # our handlers: text or JSON lines with the request id
         access_log=False,  # one access line per request comes from our middleware
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     server = uvicorn.Server(config)
     stop = server.handle_exit

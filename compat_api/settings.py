@@ -135,6 +135,14 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         120.0, gt=0, description="Seconds a request may take; past it: 504 and its pending work is dropped."
     )
+    keep_alive_timeout: int = Field(
+        75,
+        ge=1,
+        description=(
+            "Seconds an idle keep-alive connection stays open. Longer than the proxies' and clients' idle "
+            "timeouts, so that the server never closes a connection a client is just reusing."
+        ),
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds admitted requests get to finish after SIGTERM before the server exits."
     )
