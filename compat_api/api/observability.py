@@ -92,16 +92,14 @@ class Metrics:
         self.registry.register(_EngineCollector(self))
 
     def watch(self, models: ModelRegistry) -> None:
-        """Observe the registry's engines (batch histograms) and expose their totals."""
+        """Observe every model call of the registry's engines, hot-swapped ones included, and
+        expose their totals."""
         self._models = models
-        for served in models.models:
-            name = served.info.name
+        models.batch_observers.append(self._observe_batch)
 
-            def observe(stats: BatchStats, name: str = name) -> None:
-                self.batch_size.labels(name).observe(stats.size)
-                self.batch_seconds.labels(name).observe(stats.seconds)
-
-            served.engine.observers.append(observe)
+    def _observe_batch(self, model: str, stats: BatchStats) -> None:
+        self.batch_size.labels(model).observe(stats.size)
+        self.batch_seconds.labels(model).observe(stats.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

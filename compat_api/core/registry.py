@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from compat_api.core.cache import ScoreCache
-from compat_api.core.engine import BatchEngine
-from compat_api.core.errors import CoreError, ModelNotFound, ModelNotReady
+from compat_api.core.engine import BatchEngine, BatchStats
+from compat_api.core.errors import CoreError, ModelLoadError, ModelNotFound, ModelNotReady
 from compat_api.core.fingerprint import fingerprint
 from compat_api.core.kinds import Kind, detect_kind
 from compat_api.core.scorers import (
@@ -95,8 +96,6 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     if settings.models_root:
         root = Path(settings.models_root)
         if not root.is_dir():
-            from compat_api.core.errors import ModelLoadError
-
             raise ModelLoadError(f"models root {settings.models_root!r} is not a directory (is the NAS mounted?)")
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.name.startswith(".") and (child / "config.json").is_file():
@@ -106,8 +105,6 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        from compat_api.core.errors import ModelLoadError
-
         raise ModelLoadError(f"several configured models are named {duplicates}: give each a distinct name")
     return specs
 
@@ -160,10 +157,12 @@ class ModelRegistry:
         self.settings = settings
         self._models: dict[str, ServedModel] = {}
         self._watcher: asyncio.Task[None] | None = None
+        # Called with (model name, batch) for every model call of every engine, swapped-in ones too.
+        self.batch_observers: list[Callable[[str, BatchStats], None]] = []
 
     def _engine(self, scorer: Scorer) -> BatchEngine:
         settings = self.settings
-        return BatchEngine(
+        engine = BatchEngine(
             scorer,
             max_batch_tokens=settings.batch_tokens(scorer.info.device),
             max_batch_size=settings.batch_size,
@@ -171,6 +170,14 @@ class ModelRegistry:
             cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
             max_request_tokens=settings.max_request_tokens,
         )
+        name = scorer.info.name
+
+        def report(stats: BatchStats) -> None:
+            for observe in self.batch_observers:
+                observe(name, stats)
+
+        engine.observers.append(report)
+        return engine
 
     def load(self) -> None:
         """Load and build engines for every configured model (blocking; call off the event loop)."""
@@ -256,7 +263,7 @@ class ModelRegistry:
             try:
                 scorer = await asyncio.to_thread(load_scorer, served.spec, self.settings)
                 await asyncio.to_thread(warm, scorer)
-            except (CoreError, Exception) as exc:  # noqa: BLE001 - any failure keeps the old version serving
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the old version serving
                 message = exc.message if isinstance(exc, CoreError) else f"{type(exc).__name__}: {exc}"
                 served.failed_fingerprint = version
                 served.last_reload = ReloadResult(False, time.time(), version, message, time.monotonic() - started)

@@ -546,8 +546,12 @@ class FlagLLMScorer(Scorer):
         pieces = [fit_document(ids, room, options) for ids in full]
         owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
         flat = [ids for parts in pieces for ids in parts]
-        texts = tok.batch_decode(flat, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        # A document that fits is sent as written; only cut or chunked ones are decoded back to text.
         unchanged = [len(parts) == 1 and len(full[doc]) <= room for doc, parts in enumerate(pieces)]
+        cut_pieces = [i for i, doc in enumerate(owners) if not unchanged[doc]]
+        decoded = tok.batch_decode([flat[i] for i in cut_pieces], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False) if cut_pieces else []  # fmt: skip
+        texts = dict(zip(cut_pieces, decoded, strict=True))
         items = []
         for i, (doc, ids) in enumerate(zip(owners, flat, strict=True)):
             text = documents[doc] if unchanged[doc] else texts[i]

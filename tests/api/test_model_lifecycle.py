@@ -94,8 +94,18 @@ def test_admin_reload_needs_the_admin_key(swappable: Path) -> None:
             assert ErrorBody.model_validate(response.json()).type == "unauthorized"
         ok = client.post("/admin/models/bge-reranker/reload", headers={"Authorization": "Bearer adm"})
         assert ok.status_code == 200 and ReloadOutcome.model_validate(ok.json()).ok
+        before = batch_count(client)
+        client.post("/rerank", json={"query": QUERY, "compare_to": DOCS}, headers={"Authorization": "Bearer user"})
+        assert batch_count(client) > before, "the swapped-in version's model calls reach the metrics"
         missing = client.post("/admin/models/nope/reload", headers={"Authorization": "Bearer adm"})
         assert missing.status_code == 404
+
+
+def batch_count(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('compat_api_batch_size_count{model="bge-reranker"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def copy_over(source: Path, target: Path, seconds: float = 2.0) -> None:
