@@ -24,8 +24,10 @@ def main() -> int:
     from compat_api.api.app import create_app
     from compat_api.core.engine import BatchEngine
     from compat_api.core.errors import ModelLoadError
+    from compat_api.core.models.base import resolve_device
+    from compat_api.core.models.cross_encoder import CrossEncoderScorer
+    from compat_api.core.models.runtime import Runtime
     from compat_api.core.ranking import Normalization, normalize
-    from compat_api.core.scorers import CrossEncoderScorer, resolve_device
     from compat_api.settings import Settings
     from tests.tiny_models import build_tiny_xlmr_reranker
 
@@ -42,7 +44,7 @@ def main() -> int:
     expected = [float(s) for s in reference.compute_score([[QUERY, d] for d in DOCS], normalize=True)]
     check(resolve_device("auto") == "cuda", "device auto picks CUDA")
 
-    fp32 = CrossEncoderScorer(str(model), name="t", device="cuda", fp16=False, max_length=128)
+    fp32 = CrossEncoderScorer(str(model), name="t", max_length=128, runtime=Runtime(device="cuda"))
     got = normalize(fp32.score(QUERY, DOCS), Normalization.SIGMOID)
     worst = max(abs(a - b) for a, b in zip(got, expected, strict=True))
     check(
@@ -50,17 +52,17 @@ def main() -> int:
     )
 
     async def mixed(scorer: CrossEncoderScorer) -> list[float]:
-        engine = BatchEngine(scorer, max_batch_tokens=32768, max_batch_size=64, max_queue_items=10_000)
+        engine = BatchEngine(scorer, max_batch_tokens=32768, max_batch_size=64)
         engine.start()
         others = [engine.score(f"other {i}", [f"document {i} " * (i % 7 + 1)] * 3) for i in range(40)]
-        mine, *_ = await asyncio.gather(engine.score(QUERY, DOCS), *others)
+        (mine, _), *_ = await asyncio.gather(engine.score(QUERY, DOCS), *others)
         await engine.close()
-        return normalize(mine.raw, Normalization.SIGMOID)
+        return normalize(mine, Normalization.SIGMOID)
 
     worst = max(abs(a - b) for a, b in zip(asyncio.run(mixed(fp32)), expected, strict=True))
     check(worst < 1e-4, f"CUDA fp32 batched with 40 other requests equals FlagEmbedding (max diff {worst:.2e})")
 
-    fp16 = CrossEncoderScorer(str(model), name="t", device="cuda", fp16=True, max_length=128)
+    fp16 = CrossEncoderScorer(str(model), name="t", max_length=128, runtime=Runtime(device="cuda", fp16=True))
     got16 = normalize(fp16.score(QUERY, DOCS), Normalization.SIGMOID)
     worst = max(abs(a - b) for a, b in zip(got16, expected, strict=True))
     check(fp16.info.dtype == "float16" and worst < 2e-2, f"CUDA fp16 close to fp32 (max diff {worst:.2e})")
@@ -77,7 +79,9 @@ def main() -> int:
         check(response.status_code == 200 and len(data) == len(DOCS), "app /rerank answers on the GPU")
     for backend in ("int8", "onnx"):
         try:
-            CrossEncoderScorer(str(model), name="t", device="cuda", fp16=True, max_length=128, backend=backend)
+            CrossEncoderScorer(
+                str(model), name="t", max_length=128, runtime=Runtime(device="cuda", fp16=True, backend=backend)
+            )
             check(False, f"{backend} refused on CUDA")
         except ModelLoadError as exc:
             check("CPU only" in exc.message, f"{backend} refused on CUDA: {exc.message}")

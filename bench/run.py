@@ -84,7 +84,7 @@ class RawModel:
 
     def chunk_pairs(self, request: Request, max_chunks: int = 10, overlap: int = 64) -> list[tuple[str, str]]:
         """The (query, chunk) pairs compat-api scores for a chunked request."""
-        from compat_api.core.scorers import EncodeOptions, fit_document
+        from compat_api.core.models.base import EncodeOptions, fit_document
 
         tok = self.tokenizer
         q_len = len(tok(request.query, add_special_tokens=False)["input_ids"][: WINDOW * 3 // 4])
@@ -246,12 +246,14 @@ def infinity_server(binary: str, model: Path, threads: int) -> Server:
 def int8_accuracy() -> dict[str, float]:
     """fp32 vs int8 on the bundled real-weights model over the fixed labelled set."""
     from bench.labelled import LABELLED
+    from compat_api.core.models.embedder import EmbeddingScorer
+    from compat_api.core.models.runtime import Runtime
     from compat_api.core.ranking import Normalization, normalize
-    from compat_api.core.scorers import EmbeddingScorer, bundled_model_path
+    from compat_api.core.registry import bundled_model_path
 
     path = bundled_model_path()
-    fp32 = EmbeddingScorer(path, name="fp32", device="cpu", fp16=False, max_length=256)
-    int8 = EmbeddingScorer(path, name="int8", device="cpu", fp16=False, max_length=256, backend="int8")
+    fp32 = EmbeddingScorer(path, name="fp32", max_length=256)
+    int8 = EmbeddingScorer(path, name="int8", max_length=256, runtime=Runtime(backend="int8"))
     diffs: list[float] = []
     rhos: list[float] = []
     top3 = top1_fp32 = top1_int8 = 0

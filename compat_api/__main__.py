@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from compat_api.api.app import create_app
+from compat_api.api.connections import guarded_protocol
 from compat_api.api.observability import configure_logging
 from compat_api.settings import Settings
 
@@ -24,13 +25,19 @@ def serve(argv: list[str]) -> None:
     build_server(settings).run()
 
 
+# How long before the end of the shutdown grace requests still running are answered 503.
+DRAIN_MARGIN_S = 0.5
+
+
 def build_server(settings: Settings) -> uvicorn.Server:
-    """uvicorn serving the app; SIGTERM turns /health 503 at once, then drains within the grace."""
+    """uvicorn serving the app. On SIGTERM it stops accepting connections and lets admitted
+    requests finish within the grace; those still running just before it ends get a JSON 503."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings.header_timeout, settings.max_connections),
         log_level=settings.log_level,
         log_config=None,  # our handlers: text or JSON lines with the request id
         access_log=False,  # one access line per request comes from our middleware
@@ -41,9 +48,13 @@ def build_server(settings: Settings) -> uvicorn.Server:
     stop = server.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
-        # Health turns 503 at once, so the platform stops routing here; uvicorn stops accepting
-        # and lets admitted requests finish within the grace period.
+        # Health turns 503 at once; uvicorn stops accepting and lets admitted requests finish
+        # within the grace period, just before whose end the rest are answered 503.
         app.state.status = "stopping"
+        loop, draining = getattr(app.state, "loop", None), getattr(app.state, "draining", None)
+        if loop is not None and draining is not None:
+            delay = max(0.0, settings.shutdown_grace - DRAIN_MARGIN_S)
+            loop.call_soon_threadsafe(loop.call_later, delay, draining.set)
         stop(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]

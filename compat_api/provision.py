@@ -2,11 +2,16 @@
 
 `python -m compat_api download-model --target /mnt/auto/bge-reranker-v2-m3` fetches
 BAAI/bge-reranker-v2-m3 from the Hugging Face hub (or ModelScope, or copies a local directory)
-into a staging directory beside the target, checks that it is a loadable model (config,
-tokenizer, weights whose safetensors headers read), records every file's SHA-256 in
-`.compat-api-download.json`, and only then moves it into place. A target that holds anything
-this tool did not write, or that was changed since (a fine-tuned model uploaded over it), is
-left alone unless `--force` is given, and then the old one is kept as a backup.
+into a uniquely named staging directory beside the target (several instances on one NAS may
+provision at once), checks that it is a loadable model (config, tokenizer, weights whose
+safetensors headers read), records every file's SHA-256 in `.compat-api-download.json`, and only
+then moves it into place. A target that holds anything this tool did not write, or that was
+changed since (a fine-tuned model uploaded over it), is left alone unless `--force` is given,
+and then the old one is kept as a backup.
+
+The download runs in a child process whose environment turns the hub's offline mode off
+(`HF_HUB_OFFLINE=0`): the image keeps the server itself offline (nothing it loads may reach
+the internet), and only this explicit step talks to the hub (`HF_ENDPOINT` applies).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,12 +95,46 @@ def status(target: Path) -> str:
     marker = target / MARKER
     if not marker.is_file():
         return "foreign"
-    recorded = json.loads(marker.read_text()).get("files", {})
-    return "ours" if recorded == manifest(target) else "changed"
+    try:
+        recorded = json.loads(marker.read_text())
+        files = recorded["files"] if isinstance(recorded, dict) else None
+        if not isinstance(files, dict):
+            raise ValueError("it holds no file list")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ProvisionError(
+            f"the download marker {marker} is unreadable ({type(exc).__name__}: {exc}): delete it, or run "
+            "download-model --force to replace the model (the old one is kept as a backup)"
+        ) from exc
+    return "ours" if files == manifest(target) else "changed"
 
 
 def fetch(source: str, model_id: str, staging: Path, revision: str | None) -> None:
-    """Fill `staging` from the hub, ModelScope, or a local directory."""
+    """Fill `staging` from the hub or ModelScope (in a child process that may go online), or
+    from a local directory."""
+    if source in ("huggingface", "modelscope"):
+        command = [sys.executable, "-m", "compat_api", "download-model", "--fetch-into", str(staging),
+                   "--source", source, "--model-id", model_id]  # fmt: skip
+        if revision:
+            command += ["--revision", revision]
+        env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+        last = ""
+        with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
+            assert child.stderr is not None
+            for line in child.stderr:  # the download's progress, passed on to our log
+                if line.strip():
+                    last = line.strip()
+                    log.info("download: %s", last[:300])
+        if child.returncode != 0:
+            raise ProvisionError(last or f"the download exited with {child.returncode}")
+        return
+    origin = Path(source)
+    if not origin.is_dir():
+        raise ProvisionError(f"source {source!r} is neither huggingface, modelscope nor a directory")
+    shutil.copytree(origin, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, ".cache"))
+
+
+def download(source: str, model_id: str, staging: Path, revision: str | None) -> None:
+    """The child process's part of `fetch`: talk to the hub (or ModelScope)."""
     if source == "huggingface":
         try:
             from huggingface_hub import snapshot_download
@@ -100,26 +142,26 @@ def fetch(source: str, model_id: str, staging: Path, revision: str | None) -> No
             snapshot_download(repo_id=model_id, revision=revision, local_dir=str(staging), allow_patterns=WANTED)
         except Exception as exc:
             raise ProvisionError(f"cannot download {model_id} from the Hugging Face hub: {exc}") from exc
-    elif source == "modelscope":
-        try:
-            from modelscope import snapshot_download as modelscope_download
-        except ImportError as exc:
-            raise ProvisionError("the modelscope source needs `pip install modelscope`") from exc
-        try:
-            modelscope_download(model_id, revision=revision, local_dir=str(staging), allow_patterns=WANTED)
-        except Exception as exc:
-            raise ProvisionError(f"cannot download {model_id} from ModelScope: {exc}") from exc
-    else:
-        origin = Path(source)
-        if not origin.is_dir():
-            raise ProvisionError(f"source {source!r} is neither huggingface, modelscope nor a directory")
-        shutil.copytree(origin, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, ".cache"))
+        return
+    try:
+        from modelscope import snapshot_download as modelscope_download
+    except ImportError as exc:
+        raise ProvisionError("the modelscope source needs `pip install modelscope`") from exc
+    try:
+        modelscope_download(model_id, revision=revision, local_dir=str(staging), allow_patterns=WANTED)
+    except Exception as exc:
+        raise ProvisionError(f"cannot download {model_id} from ModelScope: {exc}") from exc
 
 
 def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "huggingface",
               revision: str | None = None, force: bool = False) -> str:  # fmt: skip
     """Put the model at `target`; returns what happened (`downloaded`, `verified`, `kept`)."""
-    state = status(target)
+    try:
+        state = status(target)
+    except ProvisionError:
+        if not force:
+            raise
+        state = "changed"
     if state == "ours":
         log.info("%s already holds the downloaded model, unchanged", target)
         return "verified"
@@ -127,9 +169,11 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
         log.warning("%s holds a model this tool did not write or that was changed since (%s): left as it is; "
                     "use --force to replace it (the old one is kept as a backup)", target, state)  # fmt: skip
         return "kept"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as exc:
+        raise ProvisionError(f"cannot write beside {target}: {exc}") from exc
     started = time.monotonic()
     log.info("fetching %s from %s into %s", model_id, source, staging)
     try:
@@ -140,7 +184,10 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
         marker = {"model_id": model_id, "source": source, "revision": revision, "files": files,
                   "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
         (staging / MARKER).write_text(json.dumps(marker, indent=2))
-        now = status(target)
+        try:
+            now = status(target)
+        except ProvisionError:
+            now = "changed"
         if now == "ours" and not force:
             log.info("another instance put the model at %s meanwhile; keeping it", target)
             return "verified"
@@ -169,8 +216,16 @@ def main(argv: list[str]) -> int:
                         help="huggingface (default), modelscope, or a local directory to copy from")  # fmt: skip
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="replace a model this tool did not write")
+    parser.add_argument("--fetch-into", default=None, help=argparse.SUPPRESS)  # the download's child process
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.fetch_into:
+        try:
+            download(args.source, args.model_id, Path(args.fetch_into), args.revision)
+        except ProvisionError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return 0
     try:
         outcome = provision(Path(args.target), model_id=args.model_id, source=args.source,
                             revision=args.revision, force=args.force)  # fmt: skip

@@ -107,8 +107,22 @@ class Settings(BaseSettings):
             "int8: dynamic int8 Linear layers (CPU fast path)."
         ),
     )
-    onnx_cache_dir: str = Field(
-        "", description="Where ONNX exports are kept, by model fingerprint (default: <tmp>/compat-api-onnx)."
+    cache_dir: str = Field(
+        "",
+        validation_alias=AliasChoices("cache_dir", "RERANK_CACHE_DIR", "RERANK_ONNX_CACHE_DIR"),
+        description=(
+            "Where exported and quantized models are kept, per model and version (default: .compat-api-cache "
+            "beside the model directory, i.e. on the NAS next to the model). Must belong to this service; it is "
+            "made private (0700). Env RERANK_CACHE_DIR (or RERANK_ONNX_CACHE_DIR)."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description=(
+            "Let a model directory's own Python code run (needed by the layer-wise and lightweight LLM "
+            "rerankers). Off: such a model is refused. On: the code is trusted as it is at start-up; a hot "
+            "swap never runs changed code."
+        ),
     )
     cache_mb: int = Field(64, ge=0, description="Memory for the (query, document) score cache in MiB; 0 disables.")
     batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one model call.")
@@ -121,7 +135,19 @@ class Settings(BaseSettings):
         ),
     )
     max_queue_pairs: int = Field(
-        4096, ge=1, description="Most pairs admitted and waiting per model; beyond it requests get 429."
+        4096,
+        ge=1,
+        description=("Most model items (pairs and chunks) admitted and waiting per model; beyond it requests get 429."),
+    )
+    max_queue_tokens: int = Field(
+        2_000_000, ge=1, description="Most tokens admitted and waiting per model; beyond it requests get 429."
+    )
+    max_request_items: int = Field(
+        4096,
+        ge=1,
+        description=(
+            "Most model items one request may need: its documents and their chunks, each sent with the query (413)."
+        ),
     )
     max_documents: int = Field(
         1000, ge=1, description="Most documents in one request (Cohere recommends at most 1,000)."
@@ -134,6 +160,15 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(
         120.0, gt=0, description="Seconds a request may take; past it: 504 and its pending work is dropped."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's line and headers; past it: 408."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's body once its headers are in; past it: 408."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Most open client connections; beyond it a new connection gets 429 and is closed."
     )
     keep_alive_timeout: int = Field(
         75,

@@ -15,10 +15,11 @@ from fastapi_offline import FastAPIOffline
 
 from compat_api import __version__
 from compat_api.api import admin, cohere, health, models, rerank, tei
+from compat_api.api.auth import ApiKeyMiddleware
 from compat_api.api.errors import install_error_handlers
-from compat_api.api.middleware import BodyMiddleware
+from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
-from compat_api.core.errors import ModelLoadError
+from compat_api.core.errors import CoreError, ModelLoadError
 from compat_api.core.registry import ModelRegistry
 from compat_api.provision import ProvisionError, provision
 from compat_api.settings import Settings
@@ -47,13 +48,27 @@ def provision_or_fail(settings: Settings) -> None:
         raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
 
 
+def _publish_limits(node: Any, settings: Settings) -> None:
+    """Turn the wire models' `x-limit: documents` marker into this server's `maxItems`."""
+    if isinstance(node, dict):
+        if node.pop("x-limit", None) == "documents":
+            node["maxItems"] = settings.max_documents
+        for value in node.values():
+            _publish_limits(value, settings)
+    elif isinstance(node, list):
+        for value in node:
+            _publish_limits(value, settings)
+
+
 def publish_security_only_when_required(app: FastAPI, settings: Settings) -> None:
     """Without API keys (or an admin key) nothing needs that `Authorization`, so the OpenAPI
-    document (and Swagger UI's Authorize button) declares only the schemes actually in force."""
+    document (and Swagger UI's Authorize button) declares only the schemes actually in force;
+    list limits are stated as this server's settings make them."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = generate()
+        _publish_limits(schema, settings)
         unused = {"apiKey"} if not settings.api_key_list else set()
         unused |= {"adminKey"} if not settings.admin_key else set()
         for operations in schema.get("paths", {}).values():
@@ -80,12 +95,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.status = "loading"
+        app.state.loop = asyncio.get_running_loop()
+        app.state.draining = asyncio.Event()  # set when SIGTERM's grace is about to run out
         registry = ModelRegistry(settings)
-        if settings.provision_model and settings.model_path:
-            await asyncio.to_thread(provision_or_fail, settings)
-        await asyncio.to_thread(registry.load)
-        if settings.warmup:
-            await asyncio.to_thread(registry.warm_up)
+        try:
+            if settings.provision_model and settings.model_path:
+                await asyncio.to_thread(provision_or_fail, settings)
+            await asyncio.to_thread(registry.load)
+            if settings.warmup:
+                await asyncio.to_thread(registry.warm_up)
+        except CoreError as exc:
+            app.state.startup_error = f"cannot start: {exc.message}"
+            log.error("%s", app.state.startup_error)
+            log.debug("start-up failure", exc_info=exc)
+            raise
         registry.start()
         app.state.metrics.watch(registry)
         app.state.registry = registry
@@ -110,7 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost last: request ids and the JSON 500, then CORS (preflights pass without a key),
+    # then the API key (before any body is read), then the body's limits and deadline.
+    app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout,
+                       max_documents=settings.max_documents)  # fmt: skip
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -120,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(StartupErrorMiddleware, state=app.state)
     publish_security_only_when_required(app, settings)
     app.include_router(health.router)
     app.include_router(rerank.router)

@@ -19,7 +19,7 @@ from pydantic.config import JsonDict
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
-from compat_api.api.wire import ChunkCount, NonNegativeInt, PositiveInt
+from compat_api.api.wire import LIMITED, SMALL_LIST, ChunkCount, DocumentList, NonNegativeInt, PositiveInt
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
 from compat_api.core.rerank import RerankOutcome, RerankQuery
@@ -50,12 +50,15 @@ class CohereRerankRequest(BaseModel):
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: list[str | DocumentObject] = Field(
-        description="Texts, or objects ranked on `text` (or on `rank_fields`).", json_schema_extra={"minItems": 1}
+    documents: Annotated[list[str | DocumentObject], DocumentList] = Field(
+        description="Texts, or objects ranked on `text` (or on `rank_fields`).",
+        json_schema_extra={"minItems": 1, **LIMITED},
     )
     top_n: NonNegativeInt | None = Field(None, description="How many results; null, 0 or more than given means all.")
     return_documents: bool | None = Field(None, description="Include each document in its result.")
-    rank_fields: list[str] | None = Field(None, description="Object fields ranked on, in order (Cohere v1).")
+    rank_fields: list[str] | None = Field(
+        None, max_length=SMALL_LIST, description="Object fields ranked on, in order (Cohere v1)."
+    )
     max_chunks_per_doc: ChunkCount | None = Field(
         None, description="Split a document longer than the model window into up to this many chunks."
     )
@@ -68,8 +71,8 @@ class CohereV2RerankRequest(BaseModel):
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: list[str | DocumentObject] = Field(
-        description="Texts (objects are ranked on `text`).", json_schema_extra={"minItems": 1}
+    documents: Annotated[list[str | DocumentObject], DocumentList] = Field(
+        description="Texts (objects are ranked on `text`).", json_schema_extra={"minItems": 1, **LIMITED}
     )
     top_n: NonNegativeInt | None = Field(None, description="How many results; null, 0 or more than given means all.")
     max_tokens_per_doc: PositiveInt | None = Field(None, description="Each document is truncated to this many tokens.")

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from compat_api.api.wire import TOO_MANY
 from compat_api.core.errors import (
     CoreError,
     DeadlineExceeded,
@@ -75,6 +76,7 @@ LEGACY = "legacy"
 COHERE = "cohere"  # Cohere / Jina shape on the shared /rerank route
 COHERE_V1 = "cohere-v1"
 COHERE_V2 = "cohere-v2"
+DIALECTS = frozenset({DEFAULT, TEI, LEGACY, COHERE, COHERE_V1, COHERE_V2})
 
 # (error class, status, TEI status, type) — the first match wins, so subclasses come first.
 STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
@@ -156,28 +158,42 @@ def field_path(loc: Sequence[str | int]) -> str:
     return "".join(parts) or "body"
 
 
+MAX_REPORTED = 5  # a validation error names at most this many fields
+MAX_MESSAGE = 200  # characters of one field's message
+
+
 def describe_validation(errors: Sequence[Any]) -> tuple[int, str, str]:
-    """Status, readable message and first field of a request validation failure."""
+    """Status, readable message and first field of a request validation failure.
+
+    At most MAX_REPORTED fields are named (with a count of the rest), so that a body of many
+    bad items answers a short error; a list over the document limit is 413 like any limit.
+    """
     if any(e.get("type") == "json_invalid" for e in errors):
         err = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (err.get("ctx") or {}).get("error", "invalid JSON")
         return 400, f"body: malformed JSON: {reason}", "body"
     seen: dict[str, str] = {}
+    status = 422
     for err in errors:
         loc = err.get("loc", ())
         path = field_path(loc)
+        if err.get("type") == TOO_MANY:
+            status = 413
         if tuple(loc) == ("body",) and err.get("type") == "missing":
-            seen.setdefault("body", "a JSON request body is required")
-            continue
-        if err.get("type") == SHAPE_ERROR:
-            seen.setdefault("body", str(err.get("msg")))
-            continue
-        if tuple(loc) == ("body",) and err.get("type") in ("model_attributes_type", "dict_type"):
-            seen.setdefault("body", "the request body must be a JSON object")
-            continue
-        seen.setdefault(path, str(err.get("msg", "invalid value")))
-    message = "; ".join(f"{path}: {msg}" for path, msg in seen.items())
-    return 422, message, next(iter(seen), "body")
+            path, text = "body", "a JSON request body is required"
+        elif err.get("type") == SHAPE_ERROR:
+            path, text = "body", str(err.get("msg"))
+        elif tuple(loc) == ("body",) and err.get("type") in ("model_attributes_type", "dict_type"):
+            path, text = "body", "the request body must be a JSON object"
+        else:
+            text = str(err.get("msg", "invalid value"))
+        if path not in seen and len(seen) >= MAX_REPORTED:
+            break
+        seen.setdefault(path, text[:MAX_MESSAGE])
+    named = "; ".join(f"{path}: {msg}" for path, msg in seen.items())
+    rest = len({field_path(e.get("loc", ())) for e in errors}) - len(seen)
+    message = f"{named}; and {rest} more" if rest > 0 else named
+    return status, message, next(iter(seen), "body")
 
 
 async def _on_core_error(request: Request, exc: Exception) -> JSONResponse:
@@ -198,33 +214,40 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     if any(TEI_TAG in err.get("loc", ()) for err in errors):
         dialect = TEI  # the shared /rerank route parsed a TEI-shaped body
         set_dialect(request, TEI)
-    kind = "validation" if status == 422 else "invalid_json"
+    kind = {422: "validation", 413: "validation"}.get(status, "invalid_json")
     return error_response(status, message, kind, field, None, dialect)
 
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
+def body_error(cause: BaseException | None) -> str:
+    """Why a body that FastAPI could not parse was refused, from the parser's own exception."""
+    if isinstance(cause, RecursionError):
+        return "body: malformed JSON: nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "body: malformed JSON: a number is too large (more than 4300 digits)"
+    return "body: malformed JSON: the body is not UTF-8 JSON text"
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
-        return error_response(400, "body: malformed JSON: the body is not UTF-8 JSON text", "invalid_json", "body")
+        return error_response(400, body_error(exc.__cause__), "invalid_json", "body")
     kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     headers = dict(exc.headers) if exc.headers else None
     kind = kinds.get(exc.status_code, "http")
     return error_response(exc.status_code, detail, kind, None, headers, _dialect(request))
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """A bug, not a client error: logged with its traceback, answered as JSON, never as text."""
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    message = f"internal error ({type(exc).__name__}); see the server log"
-    return error_response(500, message, "internal", None, None, _dialect(request))
+def unexpected_error(dialect: str = DEFAULT) -> JSONResponse:
+    """The answer to a bug (not a client error): JSON, never text; the caller logs it once."""
+    return error_response(500, "internal error; see the server log (request id in X-Request-ID)", "internal",
+                          None, None, dialect)  # fmt: skip
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CoreError, _on_core_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,4 +1,12 @@
-"""Liveness, readiness, metrics and the landing redirect: `GET /health`, `GET /metrics`, `GET /`."""
+"""Liveness, readiness, metrics and the landing redirect: `GET /health`, `GET /metrics`, `GET /`.
+
+`/health` is 200 when every required model answers a real scoring call: one finished within
+`RERANK_HEALTH_MAX_AGE` seconds, or a model call that started less than PROBE_TIMEOUT_S ago is
+still running (a busy model is a healthy one), or else a probe scored now. The probe is never
+refused by admission and goes before queued work, so a full queue cannot make a healthy instance
+look dead. With API keys set, a request without a valid key gets the status alone: the detail
+(paths, fingerprints, reload errors) needs a key, as `/metrics` does.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,9 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from compat_api.api.auth import has_valid_key
 from compat_api.core.errors import CoreError
 from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ReloadResult, ServedModel
 
@@ -55,6 +64,7 @@ class ModelHealth(BaseModel):
     kind: str
     device: str
     dtype: str
+    backend: str
     max_length: int
     load_seconds: float
     ready: bool
@@ -69,7 +79,9 @@ class ModelHealth(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
-    models: list[ModelHealth]
+    models: list[ModelHealth] | None = Field(
+        None, description="Each model's detail; absent when API keys are set and the request has none of them."
+    )
 
 
 def counters(served: ServedModel) -> EngineCounters:
@@ -90,12 +102,15 @@ def counters(served: ServedModel) -> EngineCounters:
 
 
 async def probe(served: ServedModel, max_age: float) -> str | None:
-    """None when a real scoring call works (recently seen, or tried now); else why not."""
-    if time.monotonic() - served.engine.last_success <= max_age:
+    """None when a real scoring call works (recently seen, running now, or tried now); else why not."""
+    engine = served.engine
+    now = time.monotonic()
+    if now - engine.last_success <= max_age:
+        return None
+    if engine.busy_since is not None and now - engine.busy_since < PROBE_TIMEOUT_S:
         return None
     try:
-        probe_call = served.engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS), use_cache=False)
-        await asyncio.wait_for(probe_call, PROBE_TIMEOUT_S)
+        await asyncio.wait_for(engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS), priority=True), PROBE_TIMEOUT_S)
     except TimeoutError:
         return f"a scoring call took longer than {PROBE_TIMEOUT_S:.0f}s"
     except CoreError as exc:
@@ -103,16 +118,19 @@ async def probe(served: ServedModel, max_age: float) -> str | None:
     return None
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+def _answer(body: HealthResponse, ok: bool) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)
+
+
+@router.get("/health", response_model=HealthResponse, response_model_exclude_none=True,
+            responses={503: {"model": HealthResponse}})  # fmt: skip
 async def health(request: Request) -> JSONResponse:
-    """200 when every model answers a real scoring call; 503 while loading or broken."""
+    """200 when every model answers a real scoring call; 503 while loading, broken or stopping."""
     registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
     state = getattr(request.app.state, "status", "loading")
-    if state == "stopping":
-        return JSONResponse(HealthResponse(status="stopping", models=[]).model_dump(), status_code=503)
-    if registry is None or not registry.models:
-        body = HealthResponse(status=state, models=[])
-        return JSONResponse(body.model_dump(), status_code=503)
+    detailed = has_valid_key(request)
+    if state == "stopping" or registry is None or not registry.models:
+        return _answer(HealthResponse(status=state, models=[] if detailed else None), False)
     max_age = registry.settings.health_max_age
     required = registry.settings.required_model_list
     models = []
@@ -125,6 +143,7 @@ async def health(request: Request) -> JSONResponse:
                 kind=info.kind,
                 device=info.device,
                 dtype=info.dtype,
+                backend=info.backend,
                 max_length=info.max_length,
                 load_seconds=round(info.load_seconds, 3),
                 ready=error is None,
@@ -138,14 +157,13 @@ async def health(request: Request) -> JSONResponse:
             )
         )
     ok = all(m.ready for m in models if m.required)
-    body = HealthResponse(status="ok" if ok else "unhealthy", models=models)
-    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+    return _answer(HealthResponse(status="ok" if ok else "unhealthy", models=models if detailed else None), ok)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics (text exposition format)."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics (text exposition format), rendered off the event loop."""
+    return Response(await asyncio.to_thread(request.app.state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

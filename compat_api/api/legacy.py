@@ -6,11 +6,12 @@ order, sigmoid-normalized, `object` always "list". Served by the shared `/rerank
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from compat_api.api.wire import LIMITED, DocumentList
 from compat_api.core.rerank import RerankOutcome, RerankQuery
 
 SEED_EXAMPLE: dict[str, Any] = {
@@ -27,8 +28,9 @@ class LegacyRerankRequest(BaseModel):
     )
 
     query: str = Field(description="The question, usually the user's input.")
-    compare_to: list[str] = Field(
-        description="Candidate texts, e.g. from vector or full-text search.", json_schema_extra={"minItems": 1}
+    compare_to: Annotated[list[str], DocumentList] = Field(
+        description="Candidate texts, e.g. from vector or full-text search.",
+        json_schema_extra={"minItems": 1, **LIMITED},
     )
 
 

@@ -1,40 +1,65 @@
-"""ASGI middleware for request bodies: a size limit, and JSON whatever the Content-Type says.
+"""ASGI middleware for request bodies: a size limit, a read deadline, JSON whatever the Content-Type
+says, and the per-request limits the wire models enforce.
 
 A body over the limit is refused with 413 as soon as its declared length (or its bytes so far)
-exceed it, before anything parses it. `curl -d '{...}'` sends
-`application/x-www-form-urlencoded`, some scripts send no or a `text/plain` type; the routes
-only ever take JSON, so the body is parsed as JSON and one that is not gets the usual 400.
+exceed it, before anything parses it; a body that does not arrive within `RERANK_BODY_TIMEOUT`
+seconds is refused with 408 and its connection closed (a client trickling bytes cannot hold a
+buffer forever). `curl -d '{...}'` sends `application/x-www-form-urlencoded`, some scripts send
+no or a `text/plain` type; the routes only ever take JSON, so any body whose type is not
+`application/json` or `application/*+json` is parsed as JSON, and one that is not JSON gets the
+usual 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from compat_api.api.wire import DOCUMENT_LIMIT
 
 _JSON = b"application/json"
 
 
+def is_json_type(content_type: bytes) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters ignored."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == _JSON or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+async def refuse(send: Send, status: int, message: str, kind: str) -> None:
+    """A JSON error answered by middleware, closing the connection (the body was not all read)."""
+    body = json.dumps({"detail": message, "message": message, "type": kind, "field": "body"}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float, max_documents: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    async def _too_large(self, send: Send, size: str) -> None:
-        message = f"body: {size} bytes exceed the limit of {self.max_bytes} bytes (RERANK_MAX_BODY_BYTES)"
-        body = json.dumps({"detail": message, "message": message, "type": "too_large", "field": "body"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        self.timeout = timeout
+        self.max_documents = max_documents
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        token = DOCUMENT_LIMIT.set(self.max_documents)
+        try:
+            await self._call(scope, receive, send)
+        finally:
+            DOCUMENT_LIMIT.reset(token)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
         original = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-        if b"json" not in original.lower():
+        if not is_json_type(original):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope = dict(scope, headers=[*headers, (b"content-type", _JSON)])
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -43,8 +68,14 @@ class BodyMiddleware:
         # Read the body here, counting, so that a chunked upload cannot outgrow the limit either.
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                await refuse(send, 408, f"body: not received within {self.timeout:g}s (RERANK_BODY_TIMEOUT)",
+                             "timeout")  # fmt: skip
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([], message, receive), send)
                 return
@@ -58,6 +89,10 @@ class BodyMiddleware:
                 break
         await self.app(scope, _replay(chunks, None, receive), send)
 
+    async def _too_large(self, send: Send, size: str) -> None:
+        message = f"body: {size} bytes exceed the limit of {self.max_bytes} bytes (RERANK_MAX_BODY_BYTES)"
+        await refuse(send, 413, message, "too_large")
+
 
 def _replay(chunks: list[bytes], first: Message | None, receive: Receive) -> Receive:
     """A `receive` that hands out the buffered body once, then defers to the real one."""
@@ -70,3 +105,25 @@ def _replay(chunks: list[bytes], first: Message | None, receive: Receive) -> Rec
         return await receive()
 
     return replayed
+
+
+class StartupErrorMiddleware:
+    """A model that cannot load stops start-up with one clear line (`app.state.startup_error`)
+    instead of the framework's traceback of the lifespan."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def clean(message: Message) -> None:
+            clear = getattr(self.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and clear:
+                message = {**message, "message": clear}
+            await send(message)
+
+        await self.app(scope, receive, clean)

@@ -1,9 +1,15 @@
-"""Observability: request ids, one access-log line per request, JSON logs, Prometheus metrics.
+"""Observability: request ids, one access-log line per request, JSON logs, Prometheus metrics,
+and the JSON answer to a bug.
 
 Every request gets an id (the client's `X-Request-ID` when it sends a sane one, otherwise a new
 one), echoed in the response header and carried by every log line written while it is
 handled. `GET /metrics` exposes request counts and latencies by route, dialect and status, the
 engine's pairs, tokens, batch sizes and padding, queue depth, cache hits and model load times.
+Every label comes from a closed set (route templates, known methods and dialects, status
+codes), so no client can grow the series. A request path reaches the log with control
+characters escaped and cut to 200 characters, so it cannot forge lines. An exception that
+escapes a route is logged once, with its traceback and the request id, and answered as a JSON
+500 that carries `X-Request-ID`.
 """
 
 from __future__ import annotations
@@ -22,14 +28,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compat_api.api.errors import DIALECTS, unexpected_error
 from compat_api.core.engine import BatchStats
 from compat_api.core.registry import ModelRegistry
+from compat_api.core.text import clip
 
 access_log = logging.getLogger("compat_api.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+PATH_IN_LOG = 200
+log = logging.getLogger(__name__)
 
 
 class RequestIdFilter(logging.Filter):
@@ -155,26 +166,37 @@ class ObservabilityMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        status_sent = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, status_sent = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error on %s %s", clip(scope["method"], 16), clip(scope["path"], PATH_IN_LOG))
+            if status_sent:
+                raise
+            dialect = str(scope.get("state", {}).get("dialect", "-"))
+            response = unexpected_error(dialect if dialect in DIALECTS else "default")
+            await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             dialect = str(scope.get("state", {}).get("dialect", "-"))
-            self.metrics.requests.labels(route, scope["method"], dialect, str(status)).inc()
+            dialect = dialect if dialect in DIALECTS else "-"
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(route, method, dialect, str(status)).inc()
             self.metrics.latency.labels(route, dialect).observe(elapsed)
+            path = clip(scope["path"], PATH_IN_LOG)
             access_log.info(
-                "%s %s %d %.1fms dialect=%s", scope["method"], scope["path"], status, elapsed * 1000, dialect,
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
+                "%s %s %d %.1fms dialect=%s", method, path, status, elapsed * 1000, dialect,
+                extra={"method": method, "path": path, "status": status,
                        "duration_ms": round(elapsed * 1000, 1), "dialect": dialect},
             )  # fmt: skip
             request_id_var.reset(token)

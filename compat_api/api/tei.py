@@ -8,7 +8,7 @@ the model with `model_type: {"reranker": {...}}`. Errors use TEI's `{"error", "e
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from compat_api import __version__
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry
 from compat_api.api.errors import TEI, dialect
+from compat_api.api.wire import LIMITED, DocumentList
 from compat_api.core.rerank import RerankOutcome, RerankQuery
 
 router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))], responses=UNAUTHORIZED)
@@ -35,7 +36,7 @@ class TeiRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
     query: str
-    texts: list[str] = Field(json_schema_extra={"minItems": 1})
+    texts: Annotated[list[str], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
     raw_scores: bool | None = Field(None, description="Return the model's logits instead of sigmoid scores.")
     return_text: bool | None = Field(None, description="Include each text in its result.")
     truncate: bool | None = Field(

@@ -1,14 +1,28 @@
-"""Field types shared by the dialects' wire models: JSON Schema's types, validated as JSON Schema does.
+"""Field types shared by the dialects' wire models: JSON Schema's types, validated as JSON Schema does,
+and lists whose size is checked before any of their items is.
 
 The models are strict (`"true"` is no boolean, `0` no string), but a JSON Schema integer is any
 number with no fraction, so `3.0` is a valid `top_n` while `3.5` and `"3"` are not.
+
+A list of documents (or texts) longer than the server's limit is refused by its length alone,
+before a single item is validated, so that a body of a million wrong items costs one check, not
+a million errors. The limit is the serving app's `RERANK_MAX_DOCUMENTS`, which its middleware
+puts in `DOCUMENT_LIMIT` for each request; the OpenAPI document states it as `maxItems`.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
+
+# The limit in force for the request being validated (set per request by the app's middleware).
+DOCUMENT_LIMIT: ContextVar[int] = ContextVar("document_limit", default=1000)
+TOO_MANY = "too_many_items"
+# Lists that are not documents (rank_fields...) have a fixed size limit.
+SMALL_LIST = 100
 
 
 def _integral(value: Any) -> Any:
@@ -17,7 +31,21 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def _within_document_limit(value: Any) -> Any:
+    limit = DOCUMENT_LIMIT.get()
+    if isinstance(value, list) and len(value) > limit:
+        raise PydanticCustomError(
+            TOO_MANY,
+            "{count} items exceed the limit of {limit} per request (RERANK_MAX_DOCUMENTS)",
+            {"count": len(value), "limit": limit},
+        )
+    return value
+
+
 # Constraints come before the validator, so that they reach the JSON schema as minimum/maximum.
 NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 ChunkCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
+# The marker under which the app publishes its document limit in the OpenAPI document.
+LIMITED = {"x-limit": "documents"}
+DocumentList = BeforeValidator(_within_document_limit)

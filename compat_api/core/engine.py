@@ -1,27 +1,38 @@
-"""The batching engine: one lane per model, bounded admission, batches merged across requests.
+"""The batching engine: bounded admission, fair tokenization, and one model shared by every request.
 
-A request is tokenized on the model's tokenizer thread, its items join the pending pool, and
-the batcher task forms batches from everything pending: items sorted by length, packed up to a
-token budget (padded tokens) and a size cap, run one at a time on the model's single thread.
-Results go back to their requests. A cancelled request (client gone, deadline) has its
-pending items dropped before they reach the model.
+A request reaches the model in three stages:
+
+- **admission**: it is charged an estimate (its documents) against the model's queue bound at
+  once, then what its tokenization steps declare (items after chunking, and tokens) before
+  those items are built; past a per-request cap it gets `LimitExceeded` (413), past the queue
+  bound `Overloaded` (429, with a Retry-After from the measured throughput), while the health
+  probe is never refused;
+- **tokenization** on the model's tokenizer thread, one bounded step at a time, so that the
+  steps of concurrent requests interleave and a huge request never holds the tokenizer;
+- **scheduling**: between model calls each lane picks a fair round (compat_api/core/scheduling.py)
+  and runs it as batches of similar length on its own thread; lanes share the model's weights.
+
+A request that is cancelled (client gone, deadline) has its waiting items dropped before they
+reach the model. A model call that raises, returns the wrong number of outputs or a non-finite
+score fails the requests it served with `ModelFailure`, never the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from compat_api.core.cache import CachedScore, ScoreCache
-from compat_api.core.errors import LimitExceeded, ModelFailure, ModelNotReady, Overloaded
-from compat_api.core.scorers import DEFAULT_OPTIONS, Encoded, EncodeOptions, Item, Scorer
+from compat_api.core.errors import CoreError, LimitExceeded, ModelFailure, ModelNotReady, Overloaded
+from compat_api.core.models.base import DEFAULT_OPTIONS, Cost, EncodeOptions, Encoding, Item, Scorer, Step
+from compat_api.core.scheduling import Queue, plan_batches, select_round
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +44,6 @@ class ScoreResult:
     raw: list[float]
     tokens: int
     cached: int = 0
-
-
-class _Job:
-    """One request's items in flight; completes its future when every item has an output."""
-
-    __slots__ = ("cancelled", "encoded", "future", "outputs", "remaining")
-
-    def __init__(self, encoded: Encoded, future: asyncio.Future[list[Any]]) -> None:
-        self.encoded = encoded
-        self.outputs: list[Any] = [None] * len(encoded.items)
-        self.remaining = len(encoded.items)
-        self.future = future
-        self.cancelled = False
-
-
-@dataclass(frozen=True)
-class _Slot:
-    job: _Job
-    index: int
-
-    @property
-    def item(self) -> Item:
-        return self.job.encoded.items[self.index]
 
 
 @dataclass
@@ -84,45 +72,64 @@ class BatchStats:
     seconds: float
 
 
-LENGTH_BUCKET_RATIO = 1.25
-MAX_BATCH_PADDING = 0.1  # a batch never grows past 10% padding
+@dataclass(frozen=True)
+class Limits:
+    """What the engine admits: per request, and waiting in total (items and tokens)."""
+
+    max_queue_items: int = 4096
+    max_queue_tokens: int = 4_000_000
+    max_request_items: int | None = None
+    max_request_tokens: int | None = None
 
 
-def length_bucket(length: int) -> int:
-    """Lengths within about 25% of each other share a bucket (the padding rule splits finer)."""
-    return math.floor(math.log(max(1, length)) / math.log(LENGTH_BUCKET_RATIO))
+class _Job:
+    """One request in the engine: its items, outputs, and what it has been charged."""
+
+    __slots__ = ("charged_items", "charged_tokens", "declared_items", "declared_tokens", "done", "future",
+                 "items", "outputs", "queue", "sealed")  # fmt: skip
+
+    def __init__(self, queue: Queue, future: asyncio.Future[list[Any]]) -> None:
+        self.queue = queue
+        self.future = future
+        self.items: list[Item] = []
+        self.outputs: list[Any] = []
+        self.done = 0
+        self.sealed = False
+        self.declared_items = self.declared_tokens = 0
+        self.charged_items = self.charged_tokens = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.future.done()
+
+    def complete_if_ready(self) -> None:
+        if self.sealed and self.done == len(self.items) and not self.future.done():
+            self.future.set_result(self.outputs)
+
+    def fail(self, exc: CoreError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+            self.future.exception()  # retrieved here: a request that already left must not log it
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
-    """Group item indices (given in arrival order) into batches of similar length.
+def _finite(output: Any) -> bool:
+    """Whether a model output (a float, a tensor or an array, or a dict/list of them) is finite."""
+    if isinstance(output, float | int):
+        return math.isfinite(output)
+    if isinstance(output, dict):
+        return all(_finite(v) for v in output.values())
+    if isinstance(output, list | tuple):
+        return all(_finite(v) for v in output)
+    isfinite = getattr(output, "isfinite", None)
+    if isfinite is not None:  # torch tensors
+        return bool(isfinite().all())
+    import numpy as np
 
-    Items are ordered by length bucket (longest first) and, within a bucket, by arrival, so that
-    padding stays small and earlier requests finish first; then they are packed greedily while
-    the padded cost (batch size x longest item) stays within `max_tokens`, the count within
-    `max_size` and the padding within 10%. An item longer than the budget on its own still gets
-    a batch of one.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -length_bucket(lengths[i]))  # stable: arrival order
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = real = 0
-    for i in order:
-        length = max(1, lengths[i])
-        width = max(longest, length)
-        padded = width * (len(current) + 1)
-        too_much_padding = padded - (real + length) > MAX_BATCH_PADDING * padded
-        if current and (padded > max_tokens or len(current) >= max_size or too_much_padding):
-            batches.append(current)
-            current, width, real = [], length, 0
-        current.append(i)
-        longest, real = width, real + length
-    if current:
-        batches.append(current)
-    return batches
+    return bool(np.isfinite(np.asarray(output)).all())
 
 
 class BatchEngine:
-    """Serializes one model's work on its own threads and batches across concurrent requests."""
+    """Runs one model version's work: admission, tokenization, fair rounds on its lanes."""
 
     def __init__(
         self,
@@ -130,25 +137,31 @@ class BatchEngine:
         *,
         max_batch_tokens: int,
         max_batch_size: int,
-        max_queue_items: int,
-        cache: ScoreCache | None = None,
-        max_request_tokens: int | None = None,
+        limits: Limits | None = None,
+        lanes: int = 1,
+        cache: Any = None,
     ) -> None:
-        self.max_request_tokens = max_request_tokens
         self.scorer = scorer
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.max_queue_items = max_queue_items
+        self.limits = limits or Limits()
         name = scorer.info.name[:20]
-        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}")
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
-        self._pending: list[_Slot] = []
-        self._admitted = 0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}")
+        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"lane{i}-{name}") for i in range(max(1, lanes))]
+        self._queues: dict[int, _Job] = {}  # waiting requests by queue seq, in arrival order
+        self._seq = itertools.count()
+        self._rotation = 0
+        self._items_charged = 0
+        self._tokens_charged = 0
+        self._jobs = 0
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._started = False
         self.last_success: float = 0.0
+        self.busy_since: float | None = None  # when the oldest running model call started
+        self._running = 0
         self.totals = EngineTotals()
         self.observers: list[Any] = []
 
@@ -158,30 +171,42 @@ class BatchEngine:
 
     @property
     def queued_items(self) -> int:
-        """Items admitted and not yet finished (tokenizing, pending or in the model)."""
-        return self._admitted
+        """Items charged to admitted requests that are not finished (tokenizing, waiting or running)."""
+        return self._items_charged
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._tokens_charged
+
+    @property
+    def requests(self) -> int:
+        """Requests admitted and not finished."""
+        return self._jobs
 
     def start(self) -> None:
-        if self._task is None:
-            self._wakeup = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.scorer.info.name}")
+        if not self._started:
+            self._started = True
+            loop = asyncio.get_running_loop()
+            name = self.scorer.info.name
+            self._tasks = [loop.create_task(self._lane(lane), name=f"lane{i}-{name}")
+                           for i, lane in enumerate(self._lanes)]  # fmt: skip
 
     async def close(self) -> None:
+        """Stop the lanes, fail what still waits, and free the threads (off the event loop)."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for slot in self._pending:
-            if not slot.job.future.done():
-                slot.job.future.set_exception(ModelNotReady("the model is shutting down"))
-        self._pending.clear()
-        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-        self._model_thread.shutdown(wait=True, cancel_futures=True)
+                await task
+        for job in list(self._queues.values()):
+            job.fail(ModelNotReady("the model is shutting down"))
+        self._queues.clear()
+        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes:
+            await asyncio.to_thread(lane.shutdown, wait=True, cancel_futures=True)
 
-    def _retry_after(self) -> int:
-        return 1
+    # ------------------------------------------------------------------ requests
 
     async def score(
         self,
@@ -189,113 +214,162 @@ class BatchEngine:
         documents: Sequence[str],
         options: EncodeOptions = DEFAULT_OPTIONS,
         *,
-        use_cache: bool = True,
-    ) -> ScoreResult:
-        """Score one request's documents against its query; raw scores in input order.
+        priority: bool = False,
+    ) -> tuple[list[float], Encoding]:
+        """Raw scores of `documents` against `query` (input order) and the request's billing."""
+        encoding = Encoding(len(documents))
+        steps = self.scorer.steps(query, documents, options, encoding)
+        outputs = await self.run(steps, estimate=len(documents) + 1, priority=priority)
+        return self.scorer.finish(encoding, outputs), encoding
 
-        Documents found in the score cache skip tokenization and the model (`use_cache=False`
-        forces a model call, as the health probe needs).
-        """
-        if self._closed or self._task is None:
+    async def run(self, steps: Iterator[Step], *, estimate: int, priority: bool = False) -> list[Any]:
+        """Admit a request, tokenize it step by step, and return one output per item it yielded."""
+        if self._closed or not self._started:
             raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
-        raw: list[float | None] = [None] * len(documents)
-        tokens = [0] * len(documents)
-        keys: list[bytes] = []
-        cache = self.cache if use_cache else None
-        if cache is not None:
-            namespace = f"{self.scorer.info.name}|{self.scorer.info.path}|{options!r}"
-            keys = [cache.key(namespace, query, doc) for doc in documents]
-            for i, key in enumerate(keys):
-                hit = cache.get(key)
-                if hit is not None:
-                    raw[i], tokens[i] = hit.raw, hit.tokens
-        missing = [i for i, score in enumerate(raw) if score is None]
-        extra_tokens = 0
-        if missing:
-            scored, encoded = await self._score_uncached(query, [documents[i] for i in missing], options)
-            extra_tokens = encoded.tokens - sum(encoded.doc_tokens)  # e.g. an embedding model's query
-            for j, i in enumerate(missing):
-                raw[i], tokens[i] = scored[j], encoded.doc_tokens[j]
-                if cache is not None:
-                    cache.put(keys[i], CachedScore(scored[j], encoded.doc_tokens[j]))
-        return ScoreResult(
-            raw=[float(s) for s in raw if s is not None],
-            tokens=sum(tokens) + extra_tokens,
-            cached=len(documents) - len(missing),
-        )
-
-    async def _score_uncached(
-        self, query: str, documents: Sequence[str], options: EncodeOptions
-    ) -> tuple[list[float], Encoded]:
-        # Admission is counted in documents + 1 (an embedding model's query is an item too),
-        # before tokenization, so the bound covers every stage.
-        cost = len(documents) + 1
-        if self._admitted + cost > self.max_queue_items and self._admitted > 0:
-            raise Overloaded(
-                f"model {self.scorer.info.name!r} queue is full ({self._admitted} items waiting, "
-                f"limit {self.max_queue_items}); retry shortly",
-                retry_after=self._retry_after(),
-            )
-        self._admitted += cost
         loop = asyncio.get_running_loop()
-        job: _Job | None = None
+        job = _Job(Queue(next(self._seq), priority=priority), loop.create_future())
+        self._jobs += 1
         try:
-            encoded = await loop.run_in_executor(self._tokenizer_thread, self.scorer.encode, query, documents, options)
-            if self.max_request_tokens is not None and encoded.tokens > self.max_request_tokens:
-                raise LimitExceeded(
-                    f"the request needs {encoded.tokens} tokens, over the limit of {self.max_request_tokens} "
-                    "(RERANK_MAX_REQUEST_TOKENS)",
-                    field="documents",
-                )
-            job = _Job(encoded, loop.create_future())
-            self._pending.extend(_Slot(job, i) for i in range(len(encoded.items)))
-            assert self._wakeup is not None
-            self._wakeup.set()
-            outputs = await job.future
-            raw = await loop.run_in_executor(self._tokenizer_thread, self.scorer.finish, encoded, outputs)
-            return raw, encoded
+            self._charge(job, estimate, 0)
+            while (step := await loop.run_in_executor(self._tokenizer, next, steps, None)) is not None:
+                if isinstance(step, Cost):
+                    self._declare(job, step)
+                else:
+                    self._push(job, step)
+            job.sealed = True
+            job.complete_if_ready()
+            return await job.future
         finally:
-            if job is not None:
-                job.cancelled = True  # finished or abandoned: nothing of it may run any more
-            self._admitted -= cost
+            self._jobs -= 1
+            self._queues.pop(job.queue.seq, None)
+            self._items_charged -= job.charged_items
+            self._tokens_charged -= job.charged_tokens
+            job.charged_items = job.charged_tokens = 0
+            if not job.future.done():
+                job.future.cancel()
 
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
+    def _retry_after(self) -> int:
+        """Seconds until the waiting work is done, at the throughput measured so far."""
+        totals = self.totals
+        rate = totals.real_tokens / totals.model_seconds if totals.model_seconds > 1 else 0.0
+        if rate <= 0:
+            return 1
+        return max(1, min(60, math.ceil(self._tokens_charged / rate)))
+
+    def _charge(self, job: _Job, items: int, tokens: int) -> None:
+        """Raise the job's charge to (items, tokens); refuse when others fill the queue."""
+        add_items, add_tokens = max(0, items - job.charged_items), max(0, tokens - job.charged_tokens)
+        others = self._items_charged - job.charged_items
+        limits = self.limits
+        if not job.queue.priority and others > 0:
+            if self._items_charged + add_items > limits.max_queue_items:
+                what = f"{self._items_charged} items waiting, limit {limits.max_queue_items} (RERANK_MAX_QUEUE_PAIRS)"
+            elif self._tokens_charged + add_tokens > limits.max_queue_tokens:
+                what = (
+                    f"{self._tokens_charged} tokens waiting, limit {limits.max_queue_tokens} (RERANK_MAX_QUEUE_TOKENS)"
+                )
+            else:
+                what = ""
+            if what:
+                raise Overloaded(f"model {self.scorer.info.name!r} is busy ({what}); retry shortly",
+                                 retry_after=self._retry_after())  # fmt: skip
+        job.charged_items += add_items
+        job.charged_tokens += add_tokens
+        self._items_charged += add_items
+        self._tokens_charged += add_tokens
+
+    def _declare(self, job: _Job, cost: Cost) -> None:
+        job.declared_items += cost.items
+        job.declared_tokens += cost.tokens
+        limits = self.limits
+        if limits.max_request_items is not None and job.declared_items > limits.max_request_items:
+            raise LimitExceeded(
+                f"the request needs at least {job.declared_items} model items (documents and their chunks, each "
+                f"with the query), over the limit of {limits.max_request_items} (RERANK_MAX_REQUEST_ITEMS); "
+                "send fewer documents or fewer chunks per document",
+                field="documents",
+            )
+        if limits.max_request_tokens is not None and job.declared_tokens > limits.max_request_tokens:
+            raise LimitExceeded(
+                f"the request needs at least {job.declared_tokens} tokens, over the limit of "
+                f"{limits.max_request_tokens} (RERANK_MAX_REQUEST_TOKENS)",
+                field="documents",
+            )
+        self._charge(job, max(job.charged_items, job.declared_items), job.declared_tokens)
+
+    def _push(self, job: _Job, items: list[Item]) -> None:
+        if job.finished or not items:
+            return
+        start = len(job.items)
+        job.items.extend(items)
+        job.outputs.extend([None] * len(items))
+        for offset, item in enumerate(items):
+            job.queue.push(start + offset, item.length)
+        self._queues[job.queue.seq] = job
+        self._work.set()
+
+    # ------------------------------------------------------------------ lanes
+
+    def _next_round(self) -> list[tuple[_Job, int]]:
+        jobs = [job for job in self._queues.values() if job.queue.items and not job.finished]
+        if not jobs:
+            return []
+        self._rotation = (self._rotation + 1) % len(jobs)
+        rotated = jobs[self._rotation :] + jobs[: self._rotation]
+        owner = {id(job.queue): job for job in rotated}
+        picked = select_round([job.queue for job in rotated], self.max_batch_tokens, self.max_batch_size)
+        return [(owner[id(queue)], index) for queue, index, _ in picked]
+
+    async def _lane(self, lane: ThreadPoolExecutor) -> None:
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                snapshot = [s for s in self._pending if not s.job.cancelled]
-                self._pending.clear()
-                lengths = [s.item.length for s in snapshot]
-                for batch_ids in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-                    batch = [snapshot[i] for i in batch_ids if not snapshot[i].job.cancelled]
-                    if batch:
-                        await self._run_batch(loop, batch)
+            picked = self._next_round()
+            if not picked:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            try:
+                lengths = [job.items[index].length for job, index in picked]
+                for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                    slots = [picked[i] for i in batch if not picked[i][0].finished]
+                    if slots:
+                        await self._run_batch(lane, slots)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("the batcher of %s failed on a round", self.scorer.info.name)
+                failure = ModelFailure(f"internal error while batching: {type(exc).__name__}: {exc}")
+                for job, _ in picked:
+                    job.fail(failure)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Slot]) -> None:
-        items = [s.item for s in batch]
+    async def _run_batch(self, lane: ThreadPoolExecutor, slots: list[tuple[_Job, int]]) -> None:
+        items = [job.items[index] for job, index in slots]
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        self._running += 1
+        if self.busy_since is None:
+            self.busy_since = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(self._model_thread, self.scorer.forward, items)
+            outputs = await loop.run_in_executor(lane, self.scorer.forward, items)
+            if not isinstance(outputs, list) or len(outputs) != len(items):
+                count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+                raise ModelFailure(f"the model returned {count} outputs for a batch of {len(items)} items")
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
-            log.exception("model %s failed on a batch of %d items", self.scorer.info.name, len(items))
-            failure = ModelFailure(f"the model failed while scoring: {type(exc).__name__}: {exc}")
-            for slot in batch:
-                if not slot.job.future.done():
-                    slot.job.future.set_exception(failure)
+        except Exception as exc:
+            log.error("model %s failed on a batch of %d items: %s", self.scorer.info.name, len(items), exc,
+                      exc_info=not isinstance(exc, ModelFailure))  # fmt: skip
+            failure = exc if isinstance(exc, ModelFailure) else ModelFailure(
+                f"the model failed while scoring: {type(exc).__name__}: {exc}")  # fmt: skip
+            for job, _ in slots:
+                job.fail(failure)
             return
+        finally:
+            self._running -= 1
+            self.busy_since = time.monotonic() if self._running else None
         elapsed = time.perf_counter() - started
         self.last_success = time.monotonic()
-        stats = BatchStats(
-            size=len(items),
-            real_tokens=sum(i.length for i in items),
-            padded_tokens=len(items) * max(i.length for i in items),
-            seconds=elapsed,
-        )
+        stats = BatchStats(len(items), sum(i.length for i in items), len(items) * max(i.length for i in items),
+                           elapsed)  # fmt: skip
         totals = self.totals
         totals.batches += 1
         totals.items += stats.size
@@ -304,9 +378,14 @@ class BatchEngine:
         totals.model_seconds += elapsed
         for observer in self.observers:
             observer(stats)
-        for slot, output in zip(batch, outputs, strict=True):
-            job = slot.job
-            job.outputs[slot.index] = output
-            job.remaining -= 1
-            if job.remaining == 0 and not job.future.done():
-                job.future.set_result(job.outputs)
+        for (job, index), output in zip(slots, outputs, strict=True):
+            if job.finished:
+                continue
+            if not _finite(output):
+                job.fail(ModelFailure(
+                    f"model {self.scorer.info.name!r} produced a non-finite score (NaN or infinity); the model "
+                    "or its precision is broken"))  # fmt: skip
+                continue
+            job.outputs[index] = output
+            job.done += 1
+            job.complete_if_ready()

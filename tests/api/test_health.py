@@ -18,6 +18,7 @@ def test_health_reports_the_ready_model(tiny_client: TestClient) -> None:
     assert response.status_code == 200
     body = HealthResponse.model_validate(response.json())
     assert body.status == "ok"
+    assert body.models is not None
     [model] = body.models
     assert (model.name, model.kind, model.device, model.dtype) == (
         "tiny-bge-reranker",
@@ -52,7 +53,7 @@ def test_health_is_503_when_the_model_cannot_score(tiny_reranker_dir: Path) -> N
         assert response.status_code == 503
         body = HealthResponse.model_validate(response.json())
         assert body.status == "unhealthy"
-        assert "RuntimeError" in (body.models[0].error or "")
+        assert body.models is not None and "RuntimeError" in (body.models[0].error or "")
         failed = client.post("/rerank", json={"query": "a", "compare_to": ["b"]})
         assert failed.status_code == 500
         assert failed.json()["type"] == "backend"
@@ -67,7 +68,7 @@ def test_root_redirects_to_swagger_ui(tiny_client: TestClient) -> None:
 
 def test_health_reports_engine_counters(tiny_client: TestClient) -> None:
     tiny_client.post("/rerank", json={"query": "counters", "compare_to": ["a b c", "d"]})
-    [model] = HealthResponse.model_validate(tiny_client.get("/health").json()).models
+    [model] = HealthResponse.model_validate(tiny_client.get("/health").json()).models or []
     engine = model.engine
     assert engine.batches >= 1 and engine.pairs >= 2
     assert engine.padded_tokens >= engine.real_tokens > 0

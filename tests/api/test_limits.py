@@ -34,7 +34,7 @@ def batches(client: TestClient) -> int:
     [
         ({"query": MARK * 10, "documents": ["a"]}, "query", "120 characters exceed the limit of 50"),
         ({"query": "q", "documents": ["a", MARK * 30]}, "documents[1]", "360 characters exceed the limit of 300"),
-        ({"query": "q", "documents": [MARK] * 6}, "documents", "6 documents exceed the limit of 5"),
+        ({"query": "q", "documents": [MARK] * 6}, "documents", "documents: 6 items exceed the limit of 5"),
         ({"query": "q", "documents": [MARK + "x " * 140] * 2}, "documents", "over the limit of 200"),
     ],
 )

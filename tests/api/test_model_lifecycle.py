@@ -68,6 +68,7 @@ def test_an_unknown_model_among_several_is_a_404_listing_them(two_models: TestCl
 
 def test_health_shows_every_model_with_its_version(two_models: TestClient) -> None:
     health = HealthResponse.model_validate(two_models.get("/health").json())
+    assert health.models is not None
     assert [(m.name, m.kind, m.ready) for m in health.models] == [("alpha", "cross-encoder", True),
                                                                  ("beta", "cross-encoder", True)]  # fmt: skip
     assert all(len(m.fingerprint) == 16 and m.loaded_at > 0 and m.last_reload is None for m in health.models)
@@ -102,7 +103,7 @@ def test_admin_reload_needs_the_admin_key(swappable: Path) -> None:
 
 
 def batch_count(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
+    for line in client.get("/metrics", headers={"Authorization": "Bearer user"}).text.splitlines():
         if line.startswith('compat_api_batch_size_count{model="bge-reranker"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -134,6 +135,7 @@ def test_a_broken_upload_keeps_the_old_model_and_says_why(swappable: Path, other
         assert scores(client, None) == before
         health = HealthResponse.model_validate(client.get("/health").json())
         assert health.status == "ok"
+        assert health.models is not None
         reload = health.models[0].last_reload
         assert reload is not None and not reload.ok and "cannot load" in (reload.error or "")
         (swappable / "config.json").write_text("{broken")
@@ -185,5 +187,6 @@ def test_hot_swap_under_load_fails_no_request(
     assert seen[0] == pytest.approx(old, abs=1e-4)
     assert seen[-1] == pytest.approx(new, abs=1e-4), "scores change to the new model's"
     assert all(s == pytest.approx(old, abs=1e-4) or s == pytest.approx(new, abs=1e-4) for s in seen)
+    assert health.models is not None
     reload = health.models[0].last_reload
     assert reload is not None and reload.ok

@@ -20,15 +20,18 @@ EXAMPLES = os.environ.get("RERANK_FUZZ_EXAMPLES", "20")
 
 
 @pytest.mark.parametrize("api_key", [None, "fuzz-key"])
-def test_every_route_answers_as_documented(tiny_reranker_dir: Path, api_key: str | None) -> None:
+def test_every_route_answers_as_documented(tiny_reranker_dir: Path, api_key: str | None, tmp_path: Path) -> None:
     args = ["--model-path", str(tiny_reranker_dir), "--max-length", "64", "--log-level", "warning"]
     env = {**os.environ, "RERANK_API_KEYS": api_key or ""}
     with serving(args, env=env) as url:
-        command = [sys.executable, "-m", "schemathesis.cli", "run", url + "/openapi.json", "--checks", "all"]
+        config = Path(__file__).resolve().parent.parent / "schemathesis.toml"
+        command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+                   url + "/openapi.json", "--checks", "all"]  # fmt: skip
         command += ["--max-examples", EXAMPLES, "--seed", "20261124", "--no-color", "--request-timeout", "60"]
         if api_key:
             command += ["-H", f"Authorization: Bearer {api_key}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        # run from a scratch directory: schemathesis keeps a crash cache in its working directory
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     selected = re.search(r"Selected: (\d+)/(\d+)", result.stdout)
     tested = re.search(r"Tested: (\d+)", result.stdout)

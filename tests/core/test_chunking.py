@@ -6,8 +6,10 @@ from itertools import pairwise
 
 import pytest
 
+from compat_api.core.models.base import EncodeOptions, cut, fit_document
+from compat_api.core.models.embedder import EmbeddingScorer
 from compat_api.core.ranking import Normalization, normalize
-from compat_api.core.scorers import EmbeddingScorer, EncodeOptions, bundled_model_path, cut, fit_document
+from compat_api.core.registry import bundled_model_path
 
 IDS = list(range(100))
 
@@ -53,7 +55,7 @@ OTHERS = ["Berlin is a large city in Germany with many museums.", "The Amazon is
 
 @pytest.fixture(scope="module")
 def bundled() -> EmbeddingScorer:
-    return EmbeddingScorer(bundled_model_path(), name="bundled", device="cpu", fp16=False, max_length=512)
+    return EmbeddingScorer(bundled_model_path(), name="bundled", max_length=512)
 
 
 def test_chunking_finds_a_relevant_passage_buried_at_the_end(bundled: EmbeddingScorer) -> None:
@@ -63,9 +65,9 @@ def test_chunking_finds_a_relevant_passage_buried_at_the_end(bundled: EmbeddingS
     truncated = normalize(bundled.score(QUERY, docs, EncodeOptions()), Normalization.COSINE)
     assert max(range(3), key=lambda i: chunked[i]) == 0, chunked
     assert max(range(3), key=lambda i: truncated[i]) != 0, "truncation alone loses the buried passage"
-    encoded = bundled.encode(QUERY, docs, EncodeOptions(mode="chunk", max_chunks=10, overlap=32))
-    assert encoded.owners.count(0) > 1 and encoded.owners.count(1) == 1
-    assert encoded.doc_tokens[0] > 256
+    encoding, _ = bundled.encode(QUERY, docs, EncodeOptions(mode="chunk", max_chunks=10, overlap=32))
+    assert encoding.owners.count(0) > 1 and encoding.owners.count(1) == 1
+    assert encoding.doc_tokens[0] > 256
 
 
 def test_no_length_causes_an_error(bundled: EmbeddingScorer) -> None:

@@ -1,19 +1,24 @@
-"""The batching engine: batch plans, cross-request batching, admission and cancellation."""
+"""The batching engine: fair rounds, batch plans, admission in items and tokens, cancellation,
+and model calls that fail without taking the engine down."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from compat_api.core.engine import BatchEngine, BatchStats, plan_batches
-from compat_api.core.errors import Overloaded
+from compat_api.core.engine import BatchEngine, BatchStats, Limits
+from compat_api.core.errors import LimitExceeded, ModelFailure, Overloaded
+from compat_api.core.models.base import EncodeOptions, Encoding, Item, Scorer, Step
+from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.ranking import Normalization, normalize
-from compat_api.core.scorers import DEFAULT_OPTIONS, CrossEncoderScorer, Encoded, EncodeOptions, Item, Scorer
+from compat_api.core.scheduling import Queue, plan_batches, select_round
+
+CHUNKED = EncodeOptions(mode="chunk", max_chunks=1000, overlap=0)
 
 
 def test_plan_respects_token_budget_and_size_and_groups_lengths() -> None:
@@ -35,6 +40,58 @@ def test_an_item_larger_than_the_budget_gets_its_own_batch() -> None:
     assert plan_batches([1000, 3, 3], max_tokens=64, max_size=8) == [[0], [1, 2]]
 
 
+def test_within_a_length_bucket_earlier_arrivals_go_first() -> None:
+    lengths = [130, 128, 131, 129, 127, 132, 126, 133]  # request A: items 0-3, request B: items 4-7
+    batches = plan_batches(lengths, max_tokens=10_000, max_size=4)
+    assert sorted(batches[0]) == [0, 1, 2, 3] and sorted(batches[1]) == [4, 5, 6, 7]
+
+
+def queue(seq: int, lengths: list[int], priority: bool = False) -> Queue:
+    q = Queue(seq, priority=priority)
+    for i, length in enumerate(lengths):
+        q.push(i, length)
+    return q
+
+
+def test_a_small_request_fits_in_the_next_round_behind_a_huge_one() -> None:
+    big = queue(0, [80] * 1000)
+    small = queue(1, [30] * 4)
+    taken = select_round([big, small], max_tokens=2048, max_items=32)
+    assert sum(1 for q, _, _ in taken if q is small) == 4, "all of the small request in one round"
+    assert any(q is big for q, _, _ in taken), "the big one still progresses"
+    assert sum(length for _, _, length in taken) <= 2048
+
+
+def test_rounds_share_the_model_fairly_and_never_starve_anyone() -> None:
+    big = queue(0, [80] * 1000)
+    smalls = [queue(i + 1, [30] * 4) for i in range(8)]
+    served_big = 0
+    for _ in range(20):
+        for q in smalls:  # closed-loop small clients: always a fresh request waiting
+            while len(q) < 4:
+                q.push(0, 30)
+        taken = select_round([big, *smalls], max_tokens=2048, max_items=32)
+        served_big += sum(1 for q, _, _ in taken if q is big)
+    assert served_big >= 20, "the big request gets at least an item every round"
+
+
+def test_equal_requests_finish_in_arrival_order_not_all_at_once() -> None:
+    queues = [queue(i, [100] * 8) for i in range(4)]
+    finished: list[int] = []
+    for _ in range(10):
+        select_round(queues, max_tokens=1000, max_items=32)
+        finished += [q.seq for q in queues if not q.items and q.seq not in finished]
+    assert finished[:2] == [0, 1]
+
+
+def test_probes_go_first_and_an_item_over_the_budget_still_runs() -> None:
+    probe = queue(5, [10, 10], priority=True)
+    huge = queue(0, [5000])
+    taken = select_round([huge, probe], max_tokens=100, max_items=8)
+    assert [q for q, _, _ in taken] == [probe, probe]
+    assert [q for q, _, _ in select_round([huge], max_tokens=100, max_items=8)] == [huge]
+
+
 class Gated(Scorer):
     """Wraps a real scorer; its forward waits on a gate so tests can hold the model busy."""
 
@@ -44,22 +101,23 @@ class Gated(Scorer):
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.seen: list[str] = []
 
-    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions = DEFAULT_OPTIONS) -> Encoded:
-        return self.inner.encode(query, documents, options)
+    def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+        return self.inner.steps(query, documents, options, encoding)
 
     def forward(self, items: Sequence[Item]) -> list[Any]:
         self.gate.wait(timeout=30)
         self.batches.append(len(items))
         return self.inner.forward(items)
 
-    def finish(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
-        return self.inner.finish(encoded, outputs)
+    def finish(self, encoding: Encoding, outputs: Sequence[Any]) -> list[float]:
+        return self.inner.finish(encoding, outputs)
 
 
 @pytest.fixture(scope="module")
 def tiny_scorer(tiny_reranker_dir: Path) -> CrossEncoderScorer:
-    return CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=64)
+    return CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", max_length=64)
 
 
 WORDS = ("paris berlin capital france germany cats dogs bread flour water yeast python serverless").split()  # noqa: SIM905
@@ -67,6 +125,11 @@ WORDS = ("paris berlin capital france germany cats dogs bread flour water yeast 
 
 def docs_for(i: int) -> list[str]:
     return [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + (i + j) % 9)) for j in range(1 + i % 4)]
+
+
+def engine_for(scorer: Scorer, **limits: Any) -> BatchEngine:
+    return BatchEngine(scorer, max_batch_tokens=limits.pop("tokens", 4096), max_batch_size=limits.pop("size", 64),
+                       limits=Limits(**limits))  # fmt: skip
 
 
 def test_concurrent_requests_get_their_own_scores_equal_to_flagembedding(
@@ -78,7 +141,7 @@ def test_concurrent_requests_get_their_own_scores_equal_to_flagembedding(
     stats: list[BatchStats] = []
 
     async def run() -> list[list[float]]:
-        engine = BatchEngine(gated, max_batch_tokens=2048, max_batch_size=64, max_queue_items=10_000)
+        engine = engine_for(gated, tokens=2048, max_queue_items=10_000)
         engine.observers.append(stats.append)
         engine.start()
         gated.gate.clear()  # hold the model so that requests pile up and get merged
@@ -87,7 +150,7 @@ def test_concurrent_requests_get_their_own_scores_equal_to_flagembedding(
         gated.gate.set()
         results = await asyncio.gather(*tasks)
         await engine.close()
-        return [r.raw for r in results]
+        return [raw for raw, _ in results]
 
     merged = asyncio.run(run())
     assert max(gated.batches) > 4, "concurrent requests must share model calls"
@@ -101,11 +164,78 @@ def test_concurrent_requests_get_their_own_scores_equal_to_flagembedding(
         assert normalize(raw, Normalization.SIGMOID) == pytest.approx(expected, abs=1e-4)
 
 
+def test_a_small_request_overtakes_a_huge_queued_one(tiny_scorer: CrossEncoderScorer) -> None:
+    gated = Gated(tiny_scorer)
+
+    async def run() -> tuple[int, int]:
+        engine = engine_for(gated, tokens=256, size=16, max_queue_items=10_000)
+        engine.start()
+        gated.gate.clear()
+        big = asyncio.create_task(engine.score("q", [f"{WORDS[i % 13]} {WORDS[(i + 3) % 13]}" for i in range(600)]))
+        await asyncio.sleep(0.3)  # tokenized and waiting behind the held model
+        small = asyncio.create_task(engine.score("capital", ["paris", "berlin"]))
+        await asyncio.sleep(0.1)
+        gated.gate.set()
+        await small
+        calls_for_small = len(gated.batches)
+        await big
+        total = len(gated.batches)
+        await engine.close()
+        return calls_for_small, total
+
+    calls_for_small, total = asyncio.run(run())
+    assert calls_for_small <= 4 < total, f"the small request waited {calls_for_small} of {total} model calls"
+
+
+def test_admission_counts_chunks_not_documents(tiny_scorer: CrossEncoderScorer) -> None:
+    """One document that becomes many chunks (each with the query) is charged as what it is."""
+    gated = Gated(tiny_scorer)
+    long_doc = " ".join(WORDS * 80)  # ~1040 tokens: about 18 chunks of a 64-token window
+
+    async def run() -> None:
+        engine = engine_for(gated, max_queue_items=20)
+        engine.start()
+        gated.gate.clear()
+        first = asyncio.create_task(engine.score("q", [long_doc], CHUNKED))
+        await asyncio.sleep(0.2)
+        assert engine.queued_items >= 10, "charged for its chunks"
+        with pytest.raises(Overloaded) as refused:
+            await engine.score("q", [long_doc], CHUNKED)  # 2 items by documents, ~12 by chunks
+        assert refused.value.retry_after >= 1
+        gated.gate.set()
+        assert len((await first)[0]) == 1
+        assert engine.queued_items == 0
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_a_request_over_the_item_or_token_cap_is_refused_before_its_chunks_are_built(
+    tiny_scorer: CrossEncoderScorer,
+) -> None:
+    long_doc = " ".join(WORDS * 40)
+
+    async def run() -> None:
+        engine = engine_for(tiny_scorer, max_request_items=5, max_request_tokens=10_000)
+        engine.start()
+        with pytest.raises(LimitExceeded, match="RERANK_MAX_REQUEST_ITEMS") as info:
+            await engine.score("q", [long_doc], CHUNKED)
+        assert info.value.field == "documents"
+        assert engine.batches_run == 0 and engine.queued_items == 0
+        engine.limits = Limits(max_request_tokens=100)
+        with pytest.raises(LimitExceeded, match="RERANK_MAX_REQUEST_TOKENS"):
+            await engine.score("q", [long_doc], CHUNKED)
+        assert engine.batches_run == 0
+        await engine.close()
+
+    asyncio.run(run())
+
+
 def test_full_queue_is_overloaded_at_once_and_admitted_work_completes(tiny_scorer: CrossEncoderScorer) -> None:
     gated = Gated(tiny_scorer)
 
     async def run() -> tuple[int, int]:
-        engine = BatchEngine(gated, max_batch_tokens=4096, max_batch_size=64, max_queue_items=12)
+        engine = engine_for(gated, max_queue_items=12)
         engine.start()
         gated.gate.clear()
         first = asyncio.create_task(engine.score("q", ["a", "b", "c", "d", "e"]))  # 6 items admitted
@@ -118,16 +248,38 @@ def test_full_queue_is_overloaded_at_once_and_admitted_work_completes(tiny_score
         gated.gate.set()
         done = await asyncio.gather(first, second)
         await engine.close()
-        return len(done[0].raw), len(done[1].raw)
+        return len(done[0][0]), len(done[1][0])
 
     assert asyncio.run(run()) == (5, 5)
+
+
+def test_a_probe_is_never_refused_and_goes_first(tiny_scorer: CrossEncoderScorer) -> None:
+    gated = Gated(tiny_scorer)
+
+    async def run() -> None:
+        engine = engine_for(gated, max_queue_items=4, size=2)
+        engine.start()
+        gated.gate.clear()
+        busy = [asyncio.create_task(engine.score("q", ["a", "b", "c"])) for _ in range(1)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(Overloaded):
+            await engine.score("q", ["x"])
+        probe = asyncio.create_task(engine.score("q", ["probe"], priority=True))
+        await asyncio.sleep(0.1)
+        gated.gate.set()
+        await probe
+        assert not all(task.done() for task in busy), "the probe did not wait for the queued request"
+        await asyncio.gather(*busy)
+        await engine.close()
+
+    asyncio.run(run())
 
 
 def test_cancelled_request_items_never_reach_the_model(tiny_scorer: CrossEncoderScorer) -> None:
     gated = Gated(tiny_scorer)
 
     async def run() -> None:
-        engine = BatchEngine(gated, max_batch_tokens=4096, max_batch_size=64, max_queue_items=1000)
+        engine = engine_for(gated, max_queue_items=1000)
         engine.start()
         gated.gate.clear()
         busy = asyncio.create_task(engine.score("q", ["first"]))
@@ -138,8 +290,8 @@ def test_cancelled_request_items_never_reach_the_model(tiny_scorer: CrossEncoder
         await asyncio.sleep(0.05)
         gated.gate.set()
         await busy
-        after = await engine.score("q", ["after"])
-        assert len(after.raw) == 1
+        after, _ = await engine.score("q", ["after"])
+        assert len(after) == 1
         assert engine.queued_items == 0
         await engine.close()
 
@@ -147,10 +299,72 @@ def test_cancelled_request_items_never_reach_the_model(tiny_scorer: CrossEncoder
     assert gated.batches == [1, 1], "the cancelled request's 20 items must be dropped"
 
 
-def test_within_a_length_bucket_earlier_arrivals_go_first() -> None:
-    # two requests of similar lengths: the first one's items fill the first batch
-    lengths = [130, 128, 131, 129, 127, 132, 126, 133]  # request A: items 0-3, request B: items 4-7
-    batches = plan_batches(lengths, max_tokens=10_000, max_size=4)
-    assert sorted(batches[0]) == [0, 1, 2, 3] and sorted(batches[1]) == [4, 5, 6, 7]
-    waste = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
-    assert waste / sum(lengths) < 0.1
+class Broken(Gated):
+    """A model that misbehaves on demand: raises, returns too many outputs, or NaN."""
+
+    mode = ""
+
+    def forward(self, items: Sequence[Item]) -> list[Any]:
+        outputs = super().forward(items)
+        if self.mode == "raise":
+            raise RuntimeError("out of memory")
+        if self.mode == "extra":
+            return [*outputs, 0.5]  # a 2-label head flattened into twice the outputs, say
+        if self.mode == "nan":
+            return [float("nan")] * len(outputs)
+        if self.mode == "inf-one":
+            return [float("inf"), *outputs[1:]]
+        return outputs
+
+
+@pytest.mark.parametrize(("mode", "words"), [("raise", "out of memory"), ("extra", "outputs for a batch"),
+                                             ("nan", "non-finite"), ("inf-one", "non-finite")])  # fmt: skip
+def test_a_failing_model_call_fails_its_requests_and_the_engine_keeps_serving(
+    tiny_scorer: CrossEncoderScorer, mode: str, words: str
+) -> None:
+    broken = Broken(tiny_scorer)
+
+    async def run() -> None:
+        engine = engine_for(broken)
+        engine.start()
+        broken.mode = mode
+        with pytest.raises(ModelFailure, match=words):
+            await asyncio.wait_for(engine.score("q", ["a", "b"]), 10)
+        broken.mode = ""
+        raw, _ = await asyncio.wait_for(engine.score("q", ["a", "b"]), 10)
+        assert raw == pytest.approx(tiny_scorer.score("q", ["a", "b"]), abs=1e-6)
+        assert engine.queued_items == 0
+        await engine.close()
+
+    asyncio.run(run())
+
+
+def test_tokenization_of_a_huge_request_does_not_hold_back_a_small_one(tiny_scorer: CrossEncoderScorer) -> None:
+    """Each request's tokenization runs in bounded steps on one thread; steps interleave."""
+    order: list[str] = []
+
+    class Recording(Gated):
+        def steps(self, query: str, documents: Sequence[str], options: EncodeOptions,
+                  encoding: Encoding) -> Iterator[Step]:  # fmt: skip
+            for step in self.inner.steps(query, documents, options, encoding):
+                order.append(query)
+                yield step
+
+    recording = Recording(tiny_scorer)
+    long_doc = " ".join(WORDS * 400)  # ~120 chunks: several item steps
+
+    async def run() -> None:
+        engine = engine_for(recording, max_queue_items=100_000, max_request_items=100_000)
+        engine.start()
+        recording.gate.clear()
+        big = asyncio.create_task(engine.score("big", [long_doc] * 20, CHUNKED))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(engine.score("small", ["paris"]))
+        await asyncio.sleep(0.5)
+        recording.gate.set()
+        await asyncio.gather(big, small)
+        await engine.close()
+
+    asyncio.run(run())
+    first_small = order.index("small")
+    assert first_small < len(order) - 5 and order[first_small:].count("big") > 5, "steps interleave"

@@ -37,11 +37,11 @@ def test_llm_reranker_is_detected_and_scores_like_flagembedding(llm_dir: Path) -
     assert len({round(s, 5) for s in ours}) > 2, "the tiny model must spread its scores"
 
     async def mixed() -> list[float]:
-        engine = BatchEngine(scorer, max_batch_tokens=4096, max_batch_size=32, max_queue_items=1000)
+        engine = BatchEngine(scorer, max_batch_tokens=4096, max_batch_size=32)
         engine.start()
         others = [engine.score(f"other query {i}", [f"other document {i} " * (i + 1)]) for i in range(5)]
-        mine, *_ = await asyncio.gather(engine.score(QUERY, DOCS), *others)
+        (mine, _), *_ = await asyncio.gather(engine.score(QUERY, DOCS), *others)
         await engine.close()
-        return mine.raw
+        return mine
 
     assert normalize(asyncio.run(mixed()), Normalization.SIGMOID) == pytest.approx(expected, abs=1e-4)

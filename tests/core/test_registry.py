@@ -78,10 +78,11 @@ def test_a_missing_models_root_is_a_start_up_error(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_llm_kinds_route_to_flagembeddings_classes(kind: str, flag_class: str, tmp_path: Path) -> None:
     """The layer-wise and lightweight models need their own remote code, so their loading is
-    checked up to FlagEmbedding's class: the right class is asked for, with trust_remote_code."""
+    checked up to FlagEmbedding's class: the right class is asked for, with trust_remote_code
+    when the operator allows it."""
     import FlagEmbedding
 
-    from compat_api.core import scorers
+    from compat_api.core.models import llm
     from compat_api.core.registry import ModelSpec, load_scorer
 
     calls: list[tuple[str, dict[str, object]]] = []
@@ -91,16 +92,25 @@ def test_llm_kinds_route_to_flagembeddings_classes(kind: str, flag_class: str, t
             calls.append((path, kwargs))
             raise RuntimeError("recorded")
 
-    assert scorers._FLAG_LLM_CLASSES[kind] == flag_class
+    assert llm.FLAG_LLM_CLASSES[kind] == flag_class
     directory = model_dir(tmp_path, "m", {"llm": ["GemmaForCausalLM"], "llm-layerwise": ["LayerWiseMiniCPMForCausalLM"],
                                           "llm-lightweight": ["CostWiseGemmaForCausalLM"]}[kind])  # fmt: skip
     original = getattr(FlagEmbedding, flag_class)
     setattr(FlagEmbedding, flag_class, Recorder)
     try:
         with pytest.raises(ModelLoadError, match=f"cannot load {kind} reranker"):
-            load_scorer(ModelSpec("m", str(directory)), make_settings(llm_cutoff_layer=28))
+            load_scorer(ModelSpec("m", str(directory)), make_settings(llm_cutoff_layer=28, trust_remote_code=True))
     finally:
         setattr(FlagEmbedding, flag_class, original)
     [(path, kwargs)] = calls
     assert path == str(directory)
-    assert kwargs["trust_remote_code"] is (kind != "llm")
+    assert kwargs["trust_remote_code"] is True, "the operator's RERANK_TRUST_REMOTE_CODE is passed on"
+
+
+@pytest.mark.parametrize("architecture", ["LayerWiseMiniCPMForCausalLM", "CostWiseGemmaForCausalLM"])
+def test_models_that_need_their_own_code_are_refused_unless_trusted(architecture: str, tmp_path: Path) -> None:
+    from compat_api.core.registry import ModelSpec, load_scorer
+
+    directory = model_dir(tmp_path, "m", [architecture])
+    with pytest.raises(ModelLoadError, match="RERANK_TRUST_REMOTE_CODE"):
+        load_scorer(ModelSpec("m", str(directory)), make_settings())

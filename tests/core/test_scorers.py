@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from compat_api.core.errors import ModelLoadError
+from compat_api.core.models.cross_encoder import CrossEncoderScorer
+from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.runtime import Runtime
 from compat_api.core.ranking import Normalization, normalize
-from compat_api.core.scorers import CrossEncoderScorer, EmbeddingScorer, bundled_model_path
+from compat_api.core.registry import bundled_model_path
 
 QUERY = "what is the capital of france"
 DOCS = [
@@ -30,7 +33,7 @@ def flag_scores(path: Path, query: str, docs: list[str], max_length: int) -> lis
 
 @pytest.mark.parametrize("max_length", [512, 24])
 def test_cross_encoder_equals_flagembedding_compute_score(tiny_reranker_dir: Path, max_length: int) -> None:
-    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=max_length)
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", max_length=max_length)
     long_query = QUERY + " and " + "what is the capital of china " * 10  # longer than 3/4 of a small window
     for query in (QUERY, long_query):
         ours = normalize(scorer.score(query, DOCS), Normalization.SIGMOID)
@@ -40,11 +43,11 @@ def test_cross_encoder_equals_flagembedding_compute_score(tiny_reranker_dir: Pat
 
 
 def test_cross_encoder_counts_tokens_of_each_pair(tiny_reranker_dir: Path) -> None:
-    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", device="cpu", fp16=False, max_length=24)
-    encoded = scorer.encode(QUERY, DOCS)
-    assert len(encoded.items) == len(DOCS)
-    assert all(item.length <= 24 for item in encoded.items)
-    assert encoded.tokens == sum(item.length for item in encoded.items)
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="tiny", max_length=24)
+    encoding, items = scorer.encode(QUERY, DOCS)
+    assert len(items) == len(DOCS)
+    assert all(item.length <= 24 for item in items)
+    assert encoding.tokens == sum(item.length for item in items)
     assert scorer.info.kind == "cross-encoder" and scorer.info.dtype == "float32"
 
 
@@ -101,7 +104,7 @@ _BUNDLED: list[EmbeddingScorer] = []
 
 def _bundled() -> EmbeddingScorer:
     if not _BUNDLED:
-        _BUNDLED.append(EmbeddingScorer(bundled_model_path(), name="bundled", device="cpu", fp16=False, max_length=512))
+        _BUNDLED.append(EmbeddingScorer(bundled_model_path(), name="bundled", max_length=512))
     return _BUNDLED[0]
 
 
@@ -112,12 +115,12 @@ def test_bundled_model_uses_its_trained_window() -> None:
 
 def test_missing_model_directory_is_a_clear_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a directory"):
-        CrossEncoderScorer(str(tmp_path / "nope"), name="x", device="cpu", fp16=False, max_length=64)
+        CrossEncoderScorer(str(tmp_path / "nope"), name="x", max_length=64)
 
 
 def test_directory_without_config_is_a_clear_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
-        CrossEncoderScorer(str(tmp_path), name="x", device="cpu", fp16=False, max_length=64)
+        CrossEncoderScorer(str(tmp_path), name="x", max_length=64)
 
 
 def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path) -> None:
@@ -128,12 +131,12 @@ def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="cannot load reranker model"):
-        CrossEncoderScorer(str(broken), name="x", device="cpu", fp16=False, max_length=64)
+        CrossEncoderScorer(str(broken), name="x", max_length=64)
 
 
 def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
-    int8 = EmbeddingScorer(bundled_model_path(), name="b8", device="cpu", fp16=False, max_length=512, backend="int8")
-    assert int8.info.dtype == "int8-dynamic"
+    int8 = EmbeddingScorer(bundled_model_path(), name="b8", max_length=512, runtime=Runtime(backend="int8"))
+    assert (int8.info.dtype, int8.info.backend) == ("int8", "int8")
     for query, docs, best in ENGLISH_SETS:
         fp32 = normalize(_bundled().score(query, docs), Normalization.COSINE)
         quantized = normalize(int8.score(query, docs), Normalization.COSINE)
@@ -142,19 +145,19 @@ def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
 
 
 def test_int8_backend_loads_a_cross_encoder(tiny_reranker_dir: Path) -> None:
-    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t8", device="cpu", fp16=False, max_length=64,
-                                backend="int8")  # fmt: skip
-    assert scorer.info.dtype == "int8-dynamic"
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t8", max_length=64, runtime=Runtime(backend="int8"))
+    assert (scorer.info.dtype, scorer.info.backend) == ("int8", "int8")
     assert len(scorer.score(QUERY, DOCS)) == len(DOCS)
 
 
 def test_int8_backend_is_cpu_only(tiny_reranker_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="CPU only"):
-        CrossEncoderScorer(str(tiny_reranker_dir), name="t8", device="cuda", fp16=True, max_length=64, backend="int8")
+        CrossEncoderScorer(str(tiny_reranker_dir), name="t8", max_length=64,
+                           runtime=Runtime(device="cuda", fp16=True, backend="int8"))  # fmt: skip
 
 
 def test_window_is_clamped_to_what_the_model_can_take(tiny_reranker_dir: Path) -> None:
-    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t", device="cpu", fp16=False, max_length=4096)
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t", max_length=4096)
     assert scorer.info.max_length == 512
     assert len(scorer.score(QUERY, ["word " * 5000])) == 1
 
@@ -168,8 +171,8 @@ def test_a_loaded_model_survives_its_weight_file_being_overwritten(tiny_reranker
     model = tmp_path / "m"
     shutil.copytree(tiny_reranker_dir, model)
     script = (
-        "from compat_api.core.scorers import CrossEncoderScorer\n"
-        f"s = CrossEncoderScorer({str(model)!r}, name='m', device='cpu', fp16=False, max_length=64)\n"
+        "from compat_api.core.models.cross_encoder import CrossEncoderScorer\n"
+        f"s = CrossEncoderScorer({str(model)!r}, name='m', max_length=64)\n"
         f"open({str(model / 'model.safetensors')!r}, 'wb').write(b'x' * 100)\n"
         "print('scores', s.score('q', ['a', 'b']))\n"
     )
