@@ -172,6 +172,7 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        staging.chmod(0o755)  # a model directory others may read, as any upload would be
     except OSError as exc:
         raise ProvisionError(f"cannot write beside {target}: {exc}") from exc
     started = time.monotonic()

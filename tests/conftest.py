@@ -53,3 +53,10 @@ def bundled_client() -> Iterator[TestClient]:
     """The app serving the bundled all-MiniLM-L6-v2 default (no model configured)."""
     with TestClient(create_app(make_settings(model_path=None))) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_reranker_dir: Path, other_reranker_dir: Path) -> Iterator[TestClient]:
+    settings = make_settings(models=f"alpha={tiny_reranker_dir},beta={other_reranker_dir}", reload_interval=0)
+    with TestClient(create_app(settings)) as client:
+        yield client

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from compat_api.provision import MARKER, ProvisionError, provision, status
+from tests.servers import output, serving, start
 
 
 def test_copies_verifies_and_marks(tiny_reranker_dir: Path, tmp_path: Path) -> None:
@@ -112,3 +120,153 @@ def test_a_failed_provisioning_stops_start_up(tmp_path: Path) -> None:
                              provision_source=str(tmp_path / "nowhere"))  # fmt: skip
     with pytest.raises(ModelLoadError, match="cannot provision"), TestClient(create_app(settings)):
         pass
+
+
+# ---------------------------------------------------------------- the first deploy, end to end
+
+
+class FakeHub:
+    """The Hugging Face hub's file API for one repository, served from a local directory on
+    127.0.0.1: model info, the file tree, and `resolve` (HEAD and GET) with ETag and commit."""
+
+    def __init__(self, files: Path, repo: str) -> None:
+        self.files, self.repo, self.sha = files, repo, hashlib.sha1(repo.encode()).hexdigest()
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                hub.requests.append(f"{self.command} {self.path}")
+
+            def reply(self, status: int, body: bytes, headers: dict[str, str], head: bool = False) -> None:
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def resolve(self, head: bool) -> None:
+                prefix = f"/{hub.repo}/resolve/"
+                path = self.path.split("?")[0]
+                file = hub.files / path.removeprefix(prefix).split("/", 1)[-1]
+                if not path.startswith(prefix) or not file.is_file():
+                    self.reply(404, b"{}", {"Content-Type": "application/json"}, head)
+                    return
+                data = file.read_bytes()
+                headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": hub.sha}
+                self.reply(200, data, headers, head)
+
+            def do_HEAD(self) -> None:
+                self.resolve(head=True)
+
+            def do_GET(self) -> None:
+                api = f"/api/models/{hub.repo}/"
+                if self.path.startswith(api + "tree/"):
+                    entries = [
+                        {"type": "file", "path": f.name, "size": f.stat().st_size,
+                         "oid": hashlib.sha1(f.read_bytes()).hexdigest()}
+                        for f in sorted(hub.files.iterdir())
+                    ]  # fmt: skip
+                    self.reply(200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
+                elif self.path.startswith(api + "revision/"):
+                    info = {
+                        "id": hub.repo,
+                        "sha": hub.sha,
+                        "siblings": [{"rfilename": f.name} for f in hub.files.iterdir()],
+                    }
+                    self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+                else:
+                    self.resolve(head=False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def image_environment() -> dict[str, str]:
+    """The ENV lines of the Dockerfile: the environment the server runs with in the image."""
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in dockerfile.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def test_the_first_deploy_downloads_the_model_with_the_images_environment(
+    tiny_reranker_dir: Path, tmp_path: Path
+) -> None:
+    """s.yaml's first start: an empty NAS path, RERANK_PROVISION_MODEL, the image's offline
+    environment; the model comes from the hub (here a local one behind HF_ENDPOINT) and serves."""
+    image = image_environment()
+    assert image["HF_HUB_OFFLINE"] == "1", "the image keeps the server itself offline"
+    target = tmp_path / "nas" / "bge-reranker-v2-m3"
+    target.mkdir(parents=True)
+    with FakeHub(tiny_reranker_dir, "BAAI/bge-reranker-v2-m3") as hub:
+        env = {**image, "PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_ENDPOINT": hub.url,
+               "MODEL_PATH": str(target), "RERANK_PROVISION_MODEL": "BAAI/bge-reranker-v2-m3"}  # fmt: skip
+        with serving([], env=env) as url:
+            response = httpx.post(url + "/rerank", json={"query": "q", "compare_to": ["a", "b"]}, timeout=30)
+            assert response.status_code == 200 and len(response.json()["data"]) == 2
+        assert any("/resolve/" in request and "model.safetensors" in request for request in hub.requests)
+    assert status(target) == "ours"
+
+
+@pytest.mark.parametrize("marker", ["garbage", "[1, 2]", '{"files": 3}'])
+def test_a_corrupt_download_marker_is_a_clear_error(tiny_reranker_dir: Path, tmp_path: Path, marker: str) -> None:
+    target = tmp_path / "m"
+    provision(target, source=str(tiny_reranker_dir))
+    (target / MARKER).write_text(marker)
+    with pytest.raises(ProvisionError, match=r"download marker .* is unreadable"):
+        provision(target, source=str(tiny_reranker_dir))
+    cli = subprocess.run([sys.executable, "-m", "compat_api", "download-model", "--source", str(tiny_reranker_dir),
+                          "--target", str(target)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert cli.returncode == 2 and "is unreadable" in cli.stderr and "Traceback" not in cli.stderr
+    proc, _ = start(["--model-path", str(target), "--provision-model", "BAAI/bge-reranker-v2-m3",
+                     "--provision-source", str(tiny_reranker_dir)])  # fmt: skip
+    proc.wait(timeout=120)
+    out = output(proc)
+    assert proc.returncode != 0 and "cannot start: cannot provision" in out and "is unreadable" in out
+    assert "Traceback" not in out
+    assert provision(target, source=str(tiny_reranker_dir), force=True) == "downloaded"
+
+
+def test_two_instances_with_the_same_pid_provision_one_target(
+    tiny_reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers on one NAS often have the same PID: staging directories must not collide."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_reranker_dir, source)
+    (source / "padding.txt").write_bytes(b"x" * (64 << 20))  # a copy slow enough to overlap
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    target = tmp_path / "nas" / "model"
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def instance(delay: float) -> None:
+        time.sleep(delay)
+        try:
+            outcomes.append(provision(target, source=str(source)))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=instance, args=(delay,)) for delay in (0.0, 0.05)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sorted(outcomes) == ["downloaded", "verified"]
+    assert status(target) == "ours"
+    assert not list(target.parent.glob(".*partial*"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,13 +27,6 @@ def flag_scores(path: Path) -> list[float]:
 
     reranker = FlagReranker(str(path), use_fp16=False, devices=["cpu"], max_length=512)
     return [float(s) for s in reranker.compute_score([[QUERY, d] for d in DOCS], normalize=True)]
-
-
-@pytest.fixture(scope="module")
-def two_models(tiny_reranker_dir: Path, other_reranker_dir: Path) -> Iterator[TestClient]:
-    settings = make_settings(models=f"alpha={tiny_reranker_dir},beta={other_reranker_dir}", reload_interval=0)
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def scores(client: TestClient, model: str | None, path: str = "/v1/rerank") -> list[float]:
