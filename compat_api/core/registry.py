@@ -214,6 +214,9 @@ class ModelRegistry:
         """Load and build engines for every configured model (blocking; call off the event loop)."""
         specs = model_specs(self.settings)
         aliases = tuple(self.settings.aliases) if len(specs) == 1 else ()
+        if self.settings.aliases and len(specs) > 1:
+            log.warning("RERANK_MODEL_ALIASES applies to a single served model; with %d models it is ignored",
+                        len(specs))  # fmt: skip
         for spec in specs:
             try:
                 version = fingerprint(spec.path)
