@@ -100,11 +100,12 @@ class Settings(BaseSettings):
     )
     max_chunks_per_doc: int = Field(10, ge=1, le=1000, description="Most chunks per document (Cohere's default).")
     chunk_overlap: int = Field(64, ge=0, description="Tokens shared by consecutive chunks of a document.")
-    backend: Literal["torch", "onnx", "int8"] = Field(
+    backend: Literal["torch", "bf16", "int8", "onnx", "onnx-int8"] = Field(
         "torch",
         description=(
-            "torch: the model as stored; onnx: the same fp32 model run by ONNX Runtime (CPU, exported once); "
-            "int8: dynamic int8 Linear layers (CPU fast path)."
+            "torch: the model as stored (fp32; fp16 on GPUs); bf16: bf16 on CPUs that compute it natively "
+            "(AVX512-BF16, AMX; refused elsewhere); int8: dynamic int8 Linear layers (CPU); onnx: the same fp32 "
+            "model run by ONNX Runtime (CPU, exported once); onnx-int8: that export quantized to int8 (CPU)."
         ),
     )
     cache_dir: str = Field(
@@ -189,6 +190,15 @@ class Settings(BaseSettings):
         default_factory=_available_cores,
         ge=1,
         description="torch intra-op threads (default: the cores this process may use).",
+    )
+    lanes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Model lanes: forward passes that run at once on one copy of the weights, each with "
+            "torch_threads / lanes threads, fed by the same batcher (CPU; see the README for sizing)."
+        ),
     )
     warmup: bool = Field(True, description="Score a pair at start-up before reporting ready.")
     host: str = Field("0.0.0.0", description="Address to listen on.")

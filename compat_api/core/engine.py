@@ -128,6 +128,14 @@ def _finite(output: Any) -> bool:
     return bool(np.isfinite(np.asarray(output)).all())
 
 
+def _lane_threads(threads: int | None) -> None:
+    """A lane's own intra-op thread count (torch's OpenMP setting is per calling thread)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class BatchEngine:
     """Runs one model version's work: admission, tokenization, fair rounds on its lanes."""
 
@@ -139,6 +147,7 @@ class BatchEngine:
         max_batch_size: int,
         limits: Limits | None = None,
         lanes: int = 1,
+        lane_threads: int | None = None,
         cache: Any = None,
     ) -> None:
         self.scorer = scorer
@@ -148,7 +157,11 @@ class BatchEngine:
         self.limits = limits or Limits()
         name = scorer.info.name[:20]
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}")
-        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"lane{i}-{name}") for i in range(max(1, lanes))]
+        self._lanes = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"lane{i}-{name}", initializer=_lane_threads,
+                               initargs=(lane_threads,))
+            for i in range(max(1, lanes))
+        ]  # fmt: skip
         self._queues: dict[int, _Job] = {}  # waiting requests by queue seq, in arrival order
         self._seq = itertools.count()
         self._rotation = 0

@@ -131,7 +131,7 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
         device=device,
         fp16=fp16,
         backend=settings.backend,
-        threads=settings.torch_threads,
+        threads=max(1, settings.torch_threads // settings.lanes),  # ONNX Runtime's threads per lane
         cache_dir=settings.cache_dir,
         trust_remote_code=settings.trust_remote_code,
     )
@@ -194,11 +194,15 @@ class ModelRegistry:
             max_request_items=settings.max_request_items,
             max_request_tokens=settings.max_request_tokens,
         )
+        # Lanes share the CPU's threads; LLM rerankers tokenize inside their forward: one lane.
+        lanes = settings.lanes if scorer.info.device == "cpu" and scorer.info.backend != "flagembedding" else 1
         engine = BatchEngine(
             scorer,
             max_batch_tokens=settings.batch_tokens(scorer.info.device),
             max_batch_size=settings.batch_size,
             limits=limits,
+            lanes=lanes,
+            lane_threads=max(1, settings.torch_threads // lanes) if lanes > 1 else None,
             cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
         )
         name = scorer.info.name

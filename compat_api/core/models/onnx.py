@@ -1,4 +1,6 @@
-"""The ONNX Runtime backend: a loaded model exported once to ONNX and run by ORT on the CPU.
+"""The ONNX Runtime backends: a loaded model exported once to ONNX and run by ORT on the CPU, in
+fp32 (`onnx`) or with its MatMul weights quantized to int8 (`onnx-int8`, ORT's dynamic
+quantization, per channel; VNNI kernels).
 
 ORT fuses attention, LayerNorm and GELU and plans memory for the whole graph, which beats
 PyTorch's eager CPU forward at the same fp32 precision (docs/benchmarks.md).
@@ -9,8 +11,10 @@ directory, so on the NAS next to the model) must be owned by this service and pr
 (mode 0700; created so, refused otherwise). Exports live under a directory per model path and
 one per model fingerprint (config, file names, sizes, times and sampled content), are written
 into a staging directory and renamed into place (atomic, safe with several instances starting
-at once), and are checked against the torch model on a probe batch before they serve; a
-mismatching export is replaced. Older exports of the same model are pruned.
+at once). At export the torch model's outputs on a probe batch are stored beside the graph;
+every load runs the graph on that batch and compares before it serves, so a mismatching export
+is replaced, and a cached export is used without ever reading the torch weights (they stay
+unmapped: loading holds one copy of the model). Older exports of the same model are pruned.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 GRAPH = "model.onnx"
+REFERENCE = "probe-outputs.npy"
 KEEP_VERSIONS = 2  # the one in use and the one before it (an instance may still be starting with it)
-TOLERANCE = 1e-3
+# Largest difference from the torch model's outputs on the probe batch an export may show:
+# fp32 graphs reproduce the model; int8 ones move logits by a few hundredths (docs/benchmarks.md),
+# while a different model's graph differs by whole units.
+TOLERANCE = {"fp32": 1e-3, "int8": 0.25}
 
 
 def private_dir(path: Path) -> Path:
@@ -124,21 +132,22 @@ class OnnxModule:
     @classmethod
     def load(cls, model: Any, *, path: str, output: str, runtime: Runtime,
              probe: Callable[[], dict[str, Any]]) -> OnnxModule:  # fmt: skip
-        """The model's export from the cache (exported first if missing), verified on `probe`."""
-        import torch
+        """The model's export from the cache (exported first if missing), verified on `probe`.
+        `model` is only read when the export must be made."""
+        import numpy as np
 
         inputs = probe()
         input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in inputs]
-        with torch.inference_mode():
-            expected = getattr(model(**inputs, return_dict=True), output).float().numpy()
+        kind = "int8" if runtime.backend == "onnx-int8" else "fp32"
         directory = model_cache(path, runtime.cache_dir)
-        version = directory / export_key(path, output)
+        version = directory / export_key(path, output, kind)
+        difference = float("inf")
         for attempt in range(2):
-            if not (version / GRAPH).is_file():
-                export(model, input_names, output, version)
+            if not (version / GRAPH).is_file() or not (version / REFERENCE).is_file():
+                export(model, input_names, output, version, inputs, quantize=kind == "int8")
             module = cls(version / GRAPH, input_names=input_names, output=output, threads=runtime.threads)
-            difference = module.deviation(inputs, expected)
-            if difference <= TOLERANCE:
+            difference = module.deviation(inputs, np.load(version / REFERENCE))
+            if difference <= TOLERANCE[kind]:
                 break
             log.error("the ONNX export %s differs from the model by %.3g on the probe batch; %s", version,
                       difference, "exporting it again" if attempt == 0 else "giving up")  # fmt: skip
@@ -198,13 +207,16 @@ class _Wrapper:
         return Wrapped()
 
 
-def export(model: Any, input_names: list[str], output: str, target: Path) -> None:
+def export(model: Any, input_names: list[str], output: str, target: Path, probe: dict[str, Any], *,
+           quantize: bool = False) -> None:  # fmt: skip
     """Trace the model to ONNX with dynamic batch and sequence axes into `target` (a directory),
-    through a uniquely named staging directory renamed into place."""
+    with the model's own outputs on the probe batch beside it, through a uniquely named staging
+    directory renamed into place. `quantize` stores the int8 quantization of the graph instead."""
+    import numpy as np
     import torch
 
     started = time.perf_counter()
-    log.info("exporting the model to ONNX at %s (once per model version)", target)
+    log.info("exporting the model to ONNX at %s (once per model version%s)", target, ", then int8" if quantize else "")
     # A padded dummy batch, so that the traced graph keeps the attention-mask path.
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
@@ -219,6 +231,8 @@ def export(model: Any, input_names: list[str], output: str, target: Path) -> Non
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter from the exporter
+            reference = getattr(model(**probe, return_dict=True), output).float().numpy()
+            np.save(staging / REFERENCE, reference)
             torch.onnx.export(
                 _Wrapper(model, input_names, output),
                 args,
@@ -229,6 +243,8 @@ def export(model: Any, input_names: list[str], output: str, target: Path) -> Non
                 opset_version=OPSET,
                 dynamo=False,
             )
+        if quantize:
+            quantize_graph(staging)
         try:
             staging.rename(target)
         except OSError:
@@ -236,12 +252,26 @@ def export(model: Any, input_names: list[str], output: str, target: Path) -> Non
                 raise
             log.info("another instance exported %s meanwhile; using theirs", target)
     except Exception as exc:
-        raise ModelLoadError(
-            f"cannot export the model to ONNX in {target.parent}: {type(exc).__name__}: {exc}"
-        ) from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(f"cannot export the model to ONNX in {target.parent}: {reason}") from exc
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if previous and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(previous)
     log.info("exported the model to ONNX in %.1fs", time.perf_counter() - started)
+
+
+def quantize_graph(directory: Path) -> None:
+    """Replace the fp32 graph in `directory` by its dynamic int8 quantization (MatMul weights
+    int8 per channel, activations quantized per batch; VNNI kernels on x86)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = directory / "fp32"
+    fp32.mkdir()
+    for file in list(directory.iterdir()):
+        if file.name not in (REFERENCE, "fp32"):
+            file.rename(fp32 / file.name)
+    quantize_dynamic(fp32 / GRAPH, directory / GRAPH, weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True)  # fmt: skip
+    shutil.rmtree(fp32)

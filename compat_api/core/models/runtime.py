@@ -1,4 +1,16 @@
-"""Runtimes: where and in which precision a loaded torch model runs (torch fp32/fp16, int8, ONNX)."""
+"""Runtimes: where and in which precision a loaded torch model runs.
+
+| backend | runs | precision | where |
+|---|---|---|---|
+| `torch` | PyTorch eager | fp32 (fp16 on a GPU by default) | CPU, GPU |
+| `bf16` | PyTorch eager, oneDNN bf16 kernels | bf16 | CPUs with AVX512-BF16 or AMX only |
+| `int8` | PyTorch dynamic int8 Linear (fbgemm) | int8 weights | CPU |
+| `onnx` | ONNX Runtime | fp32 | CPU |
+| `onnx-int8` | ONNX Runtime, dynamic int8 MatMul | int8 weights | CPU |
+
+Every backend takes the weights out of the memory-mapped file one tensor at a time (see
+`own_memory`), converting or quantizing as it goes, so loading never holds two copies.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,15 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from compat_api.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "int8", "onnx"]
+Backend = Literal["torch", "bf16", "int8", "onnx", "onnx-int8"]
+CPU_ONLY = ("bf16", "int8", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -31,10 +45,12 @@ class Runtime:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if self.backend != "torch" and self.device != "cpu":
+        if self.backend in CPU_ONLY and self.device != "cpu":
             raise ModelLoadError(
                 f"the {self.backend} backend runs on the CPU only (device is {self.device!r}); use fp16 on GPUs"
             )
+        if self.backend == "bf16":
+            require_native_bf16()
 
 
 @dataclass(frozen=True)
@@ -46,29 +62,57 @@ class Prepared:
 
 
 def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callable[[], dict[str, Any]]) -> Prepared:
-    """Move the model to its device and precision; `int8` quantizes its Linear layers and `onnx`
-    exports it to ONNX Runtime (both CPU only). `probe` gives a small batch of real inputs, on
-    which an export is checked against the torch model before it serves."""
-    device, backend = runtime.device, runtime.backend
-    if backend == "onnx":
+    """The loaded (still memory-mapped) model made ready to serve on its backend. `probe` gives a
+    small batch of real inputs, on which an ONNX export is checked before it serves."""
+    import torch
+
+    backend = runtime.backend
+    if backend in ("onnx", "onnx-int8"):
         from compat_api.core.models.onnx import OnnxModule
 
-        module = OnnxModule.load(model.float().eval(), path=path, output=output, runtime=runtime, probe=probe)
-        return Prepared(module, "float32")
+        module = OnnxModule.load(model.eval(), path=path, output=output, runtime=runtime, probe=probe)
+        return Prepared(module, "int8" if backend == "onnx-int8" else "float32")
     if backend == "int8":
-        own_memory(model)  # embeddings and norms stay float tensors
-        return Prepared(quantize_int8(model.float().eval()), "int8")
-    if runtime.fp16 and device != "cpu":
-        model = model.half()
-    model = model.to(device).eval()
-    if device == "cpu":
         own_memory(model)
+        return Prepared(quantize_int8(model.float().eval()), "int8")
+    if backend == "bf16":
+        own_memory(model, torch.bfloat16)
+        return Prepared(model.eval(), "bfloat16")
+    if runtime.fp16 and runtime.device != "cpu":
+        model = model.half()
+    if runtime.device == "cpu":
+        own_memory(model)
+    model = model.to(runtime.device).eval()
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): emulated bf16 is slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch: read the CPU's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def require_native_bf16() -> None:
+    if not native_bf16():
+        raise ModelLoadError(
+            "RERANK_BACKEND=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX, e.g. Intel Xeon Cooper Lake, "
+            "Sapphire Rapids or later); this CPU has neither, and emulated bf16 is slower than fp32. "
+            "Use RERANK_BACKEND=int8 (fastest on such CPUs) or torch"
+        )
 
 
 def quantize_int8(model: Any) -> Any:
     """torch's dynamic int8 quantization of every Linear layer (weights int8, activations
-    quantized per batch)."""
+    quantized per batch), one layer at a time so that each fp32 weight is freed as its int8
+    copy is made (never the whole model twice)."""
     import torch
 
     with warnings.catch_warnings():
@@ -76,20 +120,103 @@ def quantize_int8(model: Any) -> Any:
         # CPU dynamic-int8 path for these models yet; the API still works in torch 2.13.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        from torch.ao.quantization import default_dynamic_qconfig
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    child.qconfig = default_dynamic_qconfig  # type: ignore[assignment]
+                    setattr(parent, name, DynamicLinear.from_float(child))  # type: ignore[no-untyped-call]
+                    del child
+    return model
 
 
-def own_memory(model: Any) -> None:
-    """Copy weights that still live in the memory-mapped weight file into the process's own memory.
+def own_memory(model: Any, dtype: Any = None) -> None:
+    """Move weights that still live in a memory-mapped weight file into the process's own memory
+    (converting floating-point ones to `dtype` when given), one tensor at a time.
 
-    safetensors loads by mmap; a new model uploaded over the old file (in place, as NAS uploads
-    do) would pull the pages from under the running model and kill the process with SIGBUS.
-    Moving to a GPU copies anyway; on the CPU this one copy makes hot swap safe.
+    transformers maps safetensors files and hands out views into the mapping, faulted in lazily.
+    A new model uploaded over the file in place (as NAS uploads do) would pull the pages from
+    under the running model and kill the process with SIGBUS, so the server owns its weights.
+    Copying through the mapping would make every page resident twice (the mapped file and the
+    copy: 2x the weights at the peak); instead each tensor is read from the file itself into its
+    new memory, so the mapping is never touched and the peak stays at one copy. Tensors that are
+    not mapped (computed buffers, GPU tensors) are copied (or converted) as they are.
     """
     import torch
 
+    mapped = _mapped_files()
+    copies: dict[tuple[int, Any], Any] = {}
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+            target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            key = (tensor.data_ptr(), target)
+            if key not in copies:
+                source = _mapping_of(tensor, mapped)
+                if source is not None:
+                    copies[key] = _read(source[0], source[1], tensor, target)
+                else:
+                    copies[key] = tensor.data.to(target, copy=True)
+            tensor.data = copies[key]
+
+
+_CHUNK = 64 << 20
+
+
+def _mapped_files() -> list[tuple[int, int, str, int]]:
+    """(start, end, path, file offset) of every weight file this process has mapped."""
+    found = []
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:  # not Linux: every tensor is simply copied
+        return []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].endswith((".safetensors", ".bin")):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            found.append((start, end, parts[5], int(parts[2], 16)))
+    return found
+
+
+def _mapping_of(tensor: Any, mapped: list[tuple[int, int, str, int]]) -> tuple[str, int] | None:
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not mapped:
+        return None
+    pointer, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    for start, end, path, offset in mapped:
+        if start <= pointer and pointer + size <= end:
+            return path, pointer - start + offset
+    return None
+
+
+def _read(path: str, offset: int, like: Any, target: Any) -> Any:
+    """The bytes of `like` read from `path` at `offset` into new memory of dtype `target`."""
+    import torch
+
+    out = torch.empty(like.shape, dtype=target)
+    nbytes = like.numel() * like.element_size()
+    with open(path, "rb", buffering=0) as handle:
+        if target == like.dtype:
+            view = memoryview(out.view(-1).view(torch.uint8).numpy().data)
+            handle.seek(offset)
+            while view.nbytes:
+                count = handle.readinto(view)
+                if not count:
+                    raise OSError(f"{path} ended before its tensor did (was it replaced while loading?)")
+                view = view[count:]
+            return out
+        flat = out.view(-1)
+        step = max(like.element_size(), _CHUNK // like.element_size() * like.element_size())
+        buffer = torch.empty(step, dtype=torch.uint8)
+        for done in range(0, nbytes, step):
+            size = min(step, nbytes - done)
+            handle.seek(offset + done)
+            view = memoryview(buffer[:size].numpy().data)
+            while view.nbytes:
+                count = handle.readinto(view)
+                if not count:
+                    raise OSError(f"{path} ended before its tensor did (was it replaced while loading?)")
+                view = view[count:]
+            first = done // like.element_size()
+            flat[first : first + size // like.element_size()] = buffer[:size].view(like.dtype)
+    return out
