@@ -100,12 +100,13 @@ class Settings(BaseSettings):
     )
     max_chunks_per_doc: int = Field(10, ge=1, le=1000, description="Most chunks per document (Cohere's default).")
     chunk_overlap: int = Field(64, ge=0, description="Tokens shared by consecutive chunks of a document.")
-    backend: Literal["torch", "bf16", "int8", "onnx", "onnx-int8"] = Field(
+    backend: Literal["torch", "bf16", "int8", "onnx", "openvino"] = Field(
         "torch",
         description=(
             "torch: the model as stored (fp32; fp16 on GPUs); bf16: bf16 on CPUs that compute it natively "
-            "(AVX512-BF16, AMX; refused elsewhere); int8: dynamic int8 Linear layers (CPU); onnx: the same fp32 "
-            "model run by ONNX Runtime (CPU, exported once); onnx-int8: that export quantized to int8 (CPU)."
+            "(AVX512-BF16, AMX; refused elsewhere); int8: the model exported to ONNX with int8 MatMuls, run by "
+            "ONNX Runtime; onnx: the same fp32 model run by ONNX Runtime; openvino: the same fp32 model run by "
+            "OpenVINO. All but torch run on the CPU only; exports are made once and cached (RERANK_CACHE_DIR)."
         ),
     )
     cache_dir: str = Field(
@@ -131,8 +132,18 @@ class Settings(BaseSettings):
         None,
         ge=64,
         description=(
-            "Most padded tokens in one model call (like TEI's max_batch_tokens). Default: 2048 on a CPU "
-            "(measured: larger batches gain nothing and fall out of cache), 32768 on a GPU."
+            "Most padded tokens in one model call (like TEI's max_batch_tokens), fixed. Default on a CPU: "
+            "what the model scores in RERANK_BATCH_SECONDS at its measured speed; 32768 on a GPU."
+        ),
+    )
+    batch_seconds: float = Field(
+        0.3,
+        gt=0,
+        le=60,
+        description=(
+            "CPU: the time one model call should take. The token budget follows the model's measured speed "
+            "(small models get larger batches, bge-reranker-v2-m3 one pair at a time), and a new request waits "
+            "about this long for the call in progress."
         ),
     )
     max_queue_pairs: int = Field(
@@ -200,6 +211,13 @@ class Settings(BaseSettings):
             "torch_threads / lanes threads, fed by the same batcher (CPU; see the README for sizing)."
         ),
     )
+    tokenize_on_lane: bool | None = Field(
+        None,
+        description=(
+            "Tokenize on the model's thread, taking turns with its calls instead of running beside them "
+            "(default: on for CPUs with one lane, where the model's threads fill the cores)."
+        ),
+    )
     warmup: bool = Field(True, description="Score a pair at start-up before reporting ready.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
@@ -226,10 +244,14 @@ class Settings(BaseSettings):
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
 
     def batch_tokens(self, device: str) -> int:
-        """The token budget of one model call on this device."""
+        """The (initial) token budget of one model call on this device."""
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return 2048 if device == "cpu" else 32768
+
+    def adaptive_batches(self, device: str) -> bool:
+        """Whether the token budget follows the model's measured speed (CPU, not fixed by a setting)."""
+        return device == "cpu" and self.max_batch_tokens is None
 
     @property
     def required_model_list(self) -> list[str]:

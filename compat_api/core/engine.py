@@ -72,6 +72,11 @@ class BatchStats:
     seconds: float
 
 
+# The range the adaptive token budget moves in (an item longer than the budget still runs alone).
+MIN_ADAPTIVE_TOKENS = 256
+MAX_ADAPTIVE_TOKENS = 16384
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the engine admits: per request, and waiting in total (items and tokens)."""
@@ -148,20 +153,30 @@ class BatchEngine:
         limits: Limits | None = None,
         lanes: int = 1,
         lane_threads: int | None = None,
+        tokenize_on_lane: bool = False,
+        batch_seconds: float | None = None,
         cache: Any = None,
     ) -> None:
         self.scorer = scorer
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.batch_seconds = batch_seconds
+        self._speed = 0.0  # padded tokens a second, a moving average over model calls
         self.limits = limits or Limits()
         name = scorer.info.name[:20]
-        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}")
         self._lanes = [
             ThreadPoolExecutor(1, thread_name_prefix=f"lane{i}-{name}", initializer=_lane_threads,
                                initargs=(lane_threads,))
             for i in range(max(1, lanes))
         ]  # fmt: skip
+        # On a CPU whose cores the model's threads already fill, tokenizing beside the forward
+        # slows the forward more than the tokenizing costs: the steps then take turns with the
+        # batches on the (first) lane's thread.
+        self._own_tokenizer = not tokenize_on_lane
+        self._tokenizer = (
+            ThreadPoolExecutor(1, thread_name_prefix=f"tok-{name}") if self._own_tokenizer else self._lanes[0]
+        )
         self._queues: dict[int, _Job] = {}  # waiting requests by queue seq, in arrival order
         self._seq = itertools.count()
         self._rotation = 0
@@ -215,7 +230,8 @@ class BatchEngine:
         for job in list(self._queues.values()):
             job.fail(ModelNotReady("the model is shutting down"))
         self._queues.clear()
-        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        if self._own_tokenizer:
+            self._tokenizer.shutdown(wait=False, cancel_futures=True)
         for lane in self._lanes:
             await asyncio.to_thread(lane.shutdown, wait=True, cancel_futures=True)
 
@@ -323,6 +339,16 @@ class BatchEngine:
 
     # ------------------------------------------------------------------ lanes
 
+    def _adapt(self, stats: BatchStats) -> None:
+        """Follow the model's measured speed: a model call should take about `batch_seconds`."""
+        if self.batch_seconds is None or stats.seconds <= 0:
+            return
+        speed = stats.padded_tokens / stats.seconds
+        self._speed = speed if not self._speed else 0.8 * self._speed + 0.2 * speed
+        self.max_batch_tokens = int(
+            min(MAX_ADAPTIVE_TOKENS, max(MIN_ADAPTIVE_TOKENS, self._speed * self.batch_seconds))
+        )
+
     def _next_round(self) -> list[tuple[_Job, int]]:
         jobs = [job for job in self._queues.values() if job.queue.items and not job.finished]
         if not jobs:
@@ -389,6 +415,7 @@ class BatchEngine:
         totals.real_tokens += stats.real_tokens
         totals.padded_tokens += stats.padded_tokens
         totals.model_seconds += elapsed
+        self._adapt(stats)
         for observer in self.observers:
             observer(stats)
         for (job, index), output in zip(slots, outputs, strict=True):

@@ -131,9 +131,10 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
         device=device,
         fp16=fp16,
         backend=settings.backend,
-        threads=max(1, settings.torch_threads // settings.lanes),  # ONNX Runtime's threads per lane
+        threads=max(1, settings.torch_threads // settings.lanes),  # a runtime's threads per lane
         cache_dir=settings.cache_dir,
         trust_remote_code=settings.trust_remote_code,
+        lanes=settings.lanes,
     )
     if kind in ("llm", "llm-layerwise", "llm-lightweight"):
         return FlagLLMScorer(spec.path, name=spec.name, kind=kind, max_length=settings.max_length, runtime=runtime,
@@ -203,6 +204,10 @@ class ModelRegistry:
             limits=limits,
             lanes=lanes,
             lane_threads=max(1, settings.torch_threads // lanes) if lanes > 1 else None,
+            tokenize_on_lane=settings.tokenize_on_lane
+            if settings.tokenize_on_lane is not None
+            else (scorer.info.device == "cpu" and lanes == 1),
+            batch_seconds=settings.batch_seconds if settings.adaptive_batches(scorer.info.device) else None,
             cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
         )
         name = scorer.info.name

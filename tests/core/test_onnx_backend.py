@@ -17,7 +17,8 @@ from compat_api.core.errors import ModelLoadError
 from compat_api.core.models.base import EncodeOptions
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.models.embedder import EmbeddingScorer
-from compat_api.core.models.onnx import GRAPH, model_cache
+from compat_api.core.models.export_cache import model_cache
+from compat_api.core.models.onnx import GRAPH
 from compat_api.core.models.runtime import Runtime
 from compat_api.core.ranking import Normalization, normalize
 from compat_api.core.registry import bundled_model_path

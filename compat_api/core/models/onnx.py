@@ -1,30 +1,23 @@
-"""The ONNX Runtime backends: a loaded model exported once to ONNX and run by ORT on the CPU, in
-fp32 (`onnx`) or with its MatMul weights quantized to int8 (`onnx-int8`, ORT's dynamic
-quantization, per channel; VNNI kernels).
+"""The ONNX Runtime backends: the model exported once to ONNX and run by ORT on the CPU, in fp32
+(`onnx`) or with its MatMul weights quantized to int8 (`int8`: ORT's dynamic quantization, per
+channel; VNNI kernels; the fastest int8 measured here, docs/benchmarks.md).
 
 ORT fuses attention, LayerNorm and GELU and plans memory for the whole graph, which beats
 PyTorch's eager CPU forward at the same fp32 precision (docs/benchmarks.md).
 
-Exports are files that the server will run, so they are trusted only as far as the directory
-that holds them: the cache (`RERANK_CACHE_DIR`, by default `.compat-api-cache` beside the model
-directory, so on the NAS next to the model) must be owned by this service and private to it
-(mode 0700; created so, refused otherwise). Exports live under a directory per model path and
-one per model fingerprint (config, file names, sizes, times and sampled content), are written
-into a staging directory and renamed into place (atomic, safe with several instances starting
-at once). At export the torch model's outputs on a probe batch are stored beside the graph;
-every load runs the graph on that batch and compares before it serves, so a mismatching export
-is replaced, and a cached export is used without ever reading the torch weights (they stay
-unmapped: loading holds one copy of the model). Older exports of the same model are pruned.
+Exports live in the private export cache (compat_api/core/models/export_cache.py) and are
+verified on a probe batch before they serve; a cached export is used without ever reading the
+torch weights (they stay unmapped: loading holds one copy of the model). An export is made in a
+child process (the exporter briefly holds two copies of the weights, ORT's quantizer about three):
+its memory is given back before the server loads the graph.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
-import stat
-import tempfile
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,82 +26,17 @@ from types import SimpleNamespace
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
-from compat_api.core.fingerprint import fingerprint
+from compat_api.core.models.export_cache import REFERENCE, Tolerance, load_verified, model_cache, version_key
 from compat_api.core.models.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 GRAPH = "model.onnx"
-REFERENCE = "probe-outputs.npy"
-KEEP_VERSIONS = 2  # the one in use and the one before it (an instance may still be starting with it)
 # Largest difference from the torch model's outputs on the probe batch an export may show:
 # fp32 graphs reproduce the model; int8 ones move logits by a few hundredths (docs/benchmarks.md),
 # while a different model's graph differs by whole units.
-TOLERANCE = {"fp32": 1e-3, "int8": 0.25}
-
-
-def private_dir(path: Path) -> Path:
-    """`path` as a directory owned by this process's user and closed to everyone else.
-
-    Created with mode 0700 (parents too); an existing one owned by us is narrowed to 0700; one
-    owned by another user is refused, since whoever can write there chooses what we run.
-    """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.stat()
-    except OSError as exc:
-        raise ModelLoadError(
-            f"cannot use {path} as the export cache: {exc.strerror or exc} (set RERANK_CACHE_DIR to a "
-            "writable directory of this service)"
-        ) from exc
-    if info.st_uid != os.geteuid():
-        raise ModelLoadError(
-            f"the export cache {path} belongs to uid {info.st_uid}, not to this service (uid {os.geteuid()}); "
-            "refusing to run model graphs from it: remove it or set RERANK_CACHE_DIR"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        log.warning("narrowing the export cache %s to mode 0700 (it was %o)", path, stat.S_IMODE(info.st_mode))
-        try:
-            path.chmod(0o700)
-        except OSError as exc:
-            raise ModelLoadError(f"cannot make the export cache {path} private: {exc}") from exc
-    return path
-
-
-def default_cache_root(model_path: str) -> Path:
-    """`.compat-api-cache` beside the model directory (on FC: on the NAS, next to the model)."""
-    return Path(model_path).resolve().parent / ".compat-api-cache"
-
-
-def cache_root(model_path: str, configured: str) -> Path:
-    """The configured cache, or the default beside the model, or (when the model's parent is
-    read-only) the user's cache directory."""
-    if configured:
-        return private_dir(Path(configured))
-    default = default_cache_root(model_path)
-    try:
-        return private_dir(default)
-    except ModelLoadError as exc:
-        fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compat-api"
-        log.warning("%s; keeping exports in %s instead", exc.message, fallback)
-        return private_dir(fallback)
-
-
-def model_cache(model_path: str, configured: str) -> Path:
-    """The directory of one model's exports: named after the model and its absolute path."""
-    resolved = str(Path(model_path).resolve())
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(resolved).name)[:64] or "model"
-    digest = hashlib.sha256(resolved.encode()).hexdigest()[:12]
-    return private_dir(cache_root(model_path, configured) / f"{slug}-{digest}")
-
-
-def export_key(path: str, output: str, kind: str = "fp32") -> str:
-    """The model directory's fingerprint, salted with what shapes the export."""
-    import torch
-    import transformers
-
-    return fingerprint(path, salt=f"{kind}|{output}|{OPSET}|{torch.__version__}|{transformers.__version__}")
+TOLERANCE = {"fp32": Tolerance(1e-3, 1e-4), "int8": Tolerance(0.25, 0.3)}
 
 
 class OnnxModule:
@@ -130,42 +58,23 @@ class OnnxModule:
         self.path = graph
 
     @classmethod
-    def load(cls, model: Any, *, path: str, output: str, runtime: Runtime,
-             probe: Callable[[], dict[str, Any]]) -> OnnxModule:  # fmt: skip
-        """The model's export from the cache (exported first if missing), verified on `probe`.
-        `model` is only read when the export must be made."""
-        import numpy as np
-
+    def load(cls, *, path: str, output: str, runtime: Runtime, probe: Callable[[], dict[str, Any]]) -> OnnxModule:
+        """The model's export from the cache (exported first, in a child process, if missing),
+        verified on `probe`. The server process never reads the torch weights for it."""
         inputs = probe()
         input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in inputs]
-        kind = "int8" if runtime.backend == "onnx-int8" else "fp32"
-        directory = model_cache(path, runtime.cache_dir)
-        version = directory / export_key(path, output, kind)
-        difference = float("inf")
-        for attempt in range(2):
-            if not (version / GRAPH).is_file() or not (version / REFERENCE).is_file():
-                export(model, input_names, output, version, inputs, quantize=kind == "int8")
-            module = cls(version / GRAPH, input_names=input_names, output=output, threads=runtime.threads)
-            difference = module.deviation(inputs, np.load(version / REFERENCE))
-            if difference <= TOLERANCE[kind]:
-                break
-            log.error("the ONNX export %s differs from the model by %.3g on the probe batch; %s", version,
-                      difference, "exporting it again" if attempt == 0 else "giving up")  # fmt: skip
-            shutil.rmtree(version, ignore_errors=True)
-        else:
-            raise ModelLoadError(f"the ONNX export of {path} does not reproduce the model (max difference "
-                                 f"{difference:.3g} on the probe batch)")  # fmt: skip
-        os.utime(version)
-        prune(directory, keep=version)
-        return module
+        kind = "int8" if runtime.backend == "int8" else "fp32"
+        version = model_cache(path, runtime.cache_dir) / version_key(path, f"onnx|{kind}|{output}|{OPSET}")
 
-    def deviation(self, inputs: dict[str, Any], expected: Any) -> float:
-        import numpy as np
+        def make(directory: Path) -> None:
+            export_in_child(path, output, directory, inputs, kind=kind, runtime=runtime)
 
-        got = getattr(self(**inputs), self.output).numpy()
-        if got.shape != expected.shape:
-            return float("inf")
-        return float(np.max(np.abs(got - expected))) if got.size else 0.0
+        def open_(directory: Path) -> OnnxModule:
+            return cls(directory / GRAPH, input_names=input_names, output=output, threads=runtime.threads)
+
+        return load_verified(version, complete=lambda d: (d / GRAPH).is_file(), make=make, open_=open_,
+                             run=lambda module: getattr(module(**inputs), output).numpy(),
+                             tolerance=TOLERANCE[kind], what="ONNX export")  # fmt: skip
 
     def __call__(self, return_dict: bool = True, **inputs: Any) -> SimpleNamespace:
         import torch
@@ -176,18 +85,6 @@ class OnnxModule:
 
     def eval(self) -> OnnxModule:
         return self
-
-
-def prune(directory: Path, keep: Path) -> None:
-    """Delete all but the most recently used exports of one model (and abandoned staging dirs)."""
-    versions = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
-    for old in [v for v in versions if v != keep][KEEP_VERSIONS - 1 :]:
-        log.info("pruning an old ONNX export %s", old)
-        shutil.rmtree(old, ignore_errors=True)
-    for staging in directory.glob(".staging-*"):
-        if time.time() - staging.stat().st_mtime > 24 * 3600:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 class _Wrapper:
@@ -207,16 +104,14 @@ class _Wrapper:
         return Wrapped()
 
 
-def export(model: Any, input_names: list[str], output: str, target: Path, probe: dict[str, Any], *,
-           quantize: bool = False) -> None:  # fmt: skip
-    """Trace the model to ONNX with dynamic batch and sequence axes into `target` (a directory),
-    with the model's own outputs on the probe batch beside it, through a uniquely named staging
-    directory renamed into place. `quantize` stores the int8 quantization of the graph instead."""
+def export(model: Any, input_names: list[str], output: str, directory: Path, probe: dict[str, Any]) -> None:
+    """Trace the model to ONNX with dynamic batch and sequence axes into `directory`, with the
+    model's own outputs on the probe batch beside it."""
     import numpy as np
     import torch
 
     started = time.perf_counter()
-    log.info("exporting the model to ONNX at %s (once per model version%s)", target, ", then int8" if quantize else "")
+    log.info("exporting the model to ONNX in %s (once per model version)", directory)
     # A padded dummy batch, so that the traced graph keeps the attention-mask path.
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
@@ -226,40 +121,76 @@ def export(model: Any, input_names: list[str], output: str, target: Path, probe:
     previous = getattr(model.config, "_attn_implementation", None)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")  # plain ops, no data-dependent mask shortcuts
-    staging: Path | None = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter from the exporter
             reference = getattr(model(**probe, return_dict=True), output).float().numpy()
-            np.save(staging / REFERENCE, reference)
+            np.save(directory / REFERENCE, reference)
             torch.onnx.export(
                 _Wrapper(model, input_names, output),
                 args,
-                str(staging / GRAPH),
+                str(directory / GRAPH),
                 input_names=input_names,
                 output_names=[output],
                 dynamic_axes={name: {0: "batch", 1: "sequence"} for name in input_names},
                 opset_version=OPSET,
                 dynamo=False,
             )
-        if quantize:
-            quantize_graph(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / GRAPH).is_file():  # not another instance's finished export: a real failure
-                raise
-            log.info("another instance exported %s meanwhile; using theirs", target)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        raise ModelLoadError(f"cannot export the model to ONNX in {target.parent}: {reason}") from exc
+        raise ModelLoadError(f"cannot export the model to ONNX in {directory.parent}: {reason}") from exc
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if previous and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(previous)
     log.info("exported the model to ONNX in %.1fs", time.perf_counter() - started)
+
+
+def export_in_child(path: str, output: str, directory: Path, inputs: dict[str, Any], *, kind: str,
+                    runtime: Runtime) -> None:  # fmt: skip
+    """Export (and quantize) in a child process: the export holds the torch model and a second copy
+    of its weights for a while, and the quantization more; none of it stays in the server."""
+    import numpy as np
+
+    probe_file = directory / "probe.npz"
+    np.savez(probe_file, **{name: value.numpy() for name, value in inputs.items()})
+    command = [sys.executable, "-m", "compat_api.core.models.onnx", path, output, str(directory), kind,
+               str(runtime.threads)] + (["--trust-remote-code"] if runtime.trust_remote_code else [])  # fmt: skip
+    last = ""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if line.strip():
+                last = line.strip()
+                log.info("export: %s", last[:300])
+    probe_file.unlink(missing_ok=True)
+    if child.returncode != 0:
+        raise ModelLoadError(f"cannot export {path} to ONNX: {last or f'the export exited with {child.returncode}'}")
+
+
+def _child(argv: list[str]) -> int:
+    """The export's child process: load the model as the server would, export, quantize."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    path, output, directory, kind, threads = argv[:5]
+    trust = "--trust-remote-code" in argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(int(threads))
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    family = AutoModelForSequenceClassification if output == "logits" else AutoModel
+    model = family.from_pretrained(path, trust_remote_code=trust).float().eval()
+    with np.load(Path(directory) / "probe.npz") as saved:
+        probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe]
+    export(model, input_names, output, Path(directory), probe)
+    del model
+    gc.collect()
+    if kind == "int8":
+        quantize_graph(Path(directory))
+    return 0
 
 
 def quantize_graph(directory: Path) -> None:
@@ -267,11 +198,18 @@ def quantize_graph(directory: Path) -> None:
     int8 per channel, activations quantized per batch; VNNI kernels on x86)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    started = time.perf_counter()
+    log.info("quantizing the ONNX export in %s to int8", directory)
     fp32 = directory / "fp32"
     fp32.mkdir()
     for file in list(directory.iterdir()):
-        if file.name not in (REFERENCE, "fp32"):
+        if file.name not in (REFERENCE, "fp32", "probe.npz"):
             file.rename(fp32 / file.name)
     quantize_dynamic(fp32 / GRAPH, directory / GRAPH, weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul"], use_external_data_format=True)  # fmt: skip
     shutil.rmtree(fp32)
+    log.info("quantized the export in %.1fs", time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

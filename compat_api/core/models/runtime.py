@@ -4,18 +4,18 @@
 |---|---|---|---|
 | `torch` | PyTorch eager | fp32 (fp16 on a GPU by default) | CPU, GPU |
 | `bf16` | PyTorch eager, oneDNN bf16 kernels | bf16 | CPUs with AVX512-BF16 or AMX only |
-| `int8` | PyTorch dynamic int8 Linear (fbgemm) | int8 weights | CPU |
+| `int8` | ONNX Runtime, the export's MatMuls dynamic int8 | int8 weights | CPU |
 | `onnx` | ONNX Runtime | fp32 | CPU |
-| `onnx-int8` | ONNX Runtime, dynamic int8 MatMul | int8 weights | CPU |
+| `openvino` | OpenVINO | fp32 | CPU |
 
-Every backend takes the weights out of the memory-mapped file one tensor at a time (see
-`own_memory`), converting or quantizing as it goes, so loading never holds two copies.
+The torch backends take the weights out of the memory-mapped file one tensor at a time (see
+`own_memory`), converting as they go, so loading never holds two copies; the others load a
+cached export and never read the torch weights at all.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,8 @@ from compat_api.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "bf16", "int8", "onnx", "onnx-int8"]
-CPU_ONLY = ("bf16", "int8", "onnx", "onnx-int8")
+Backend = Literal["torch", "bf16", "int8", "onnx", "openvino"]
+CPU_ONLY = ("bf16", "int8", "onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Runtime:
     threads: int = 1
     cache_dir: str = ""
     trust_remote_code: bool = False
+    lanes: int = 1
 
     def __post_init__(self) -> None:
         if self.backend in CPU_ONLY and self.device != "cpu":
@@ -67,14 +68,17 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
     import torch
 
     backend = runtime.backend
-    if backend in ("onnx", "onnx-int8"):
+    if backend == "openvino":
+        from compat_api.core.models.openvino import OpenVinoModule
+
+        converted = OpenVinoModule.load(model.eval(), path=path, output=output, runtime=runtime, lanes=runtime.lanes,
+                                        probe=probe)  # fmt: skip
+        return Prepared(converted, "float32")
+    if backend in ("onnx", "int8"):
         from compat_api.core.models.onnx import OnnxModule
 
-        module = OnnxModule.load(model.eval(), path=path, output=output, runtime=runtime, probe=probe)
-        return Prepared(module, "int8" if backend == "onnx-int8" else "float32")
-    if backend == "int8":
-        own_memory(model)
-        return Prepared(quantize_int8(model.float().eval()), "int8")
+        module = OnnxModule.load(path=path, output=output, runtime=runtime, probe=probe)
+        return Prepared(module, "int8" if backend == "int8" else "float32")
     if backend == "bf16":
         own_memory(model, torch.bfloat16)
         return Prepared(model.eval(), "bfloat16")
@@ -107,29 +111,6 @@ def require_native_bf16() -> None:
             "Sapphire Rapids or later); this CPU has neither, and emulated bf16 is slower than fp32. "
             "Use RERANK_BACKEND=int8 (fastest on such CPUs) or torch"
         )
-
-
-def quantize_int8(model: Any) -> Any:
-    """torch's dynamic int8 quantization of every Linear layer (weights int8, activations
-    quantized per batch), one layer at a time so that each fp32 weight is freed as its int8
-    copy is made (never the whole model twice)."""
-    import torch
-
-    with warnings.catch_warnings():
-        # torch.ao's eager quantization is deprecated in favour of torchao, which has no
-        # CPU dynamic-int8 path for these models yet; the API still works in torch 2.13.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-        from torch.ao.quantization import default_dynamic_qconfig
-
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    child.qconfig = default_dynamic_qconfig  # type: ignore[assignment]
-                    setattr(parent, name, DynamicLinear.from_float(child))  # type: ignore[no-untyped-call]
-                    del child
-    return model
 
 
 def own_memory(model: Any, dtype: Any = None) -> None:
