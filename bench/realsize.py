@@ -33,13 +33,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import ROOT
+from bench.run import ROOT, spearman
 from bench.workloads import WORDS
 from compat_api.api import legacy
 
 log = logging.getLogger("bench.realsize")
 MODEL = ROOT / "bench" / ".models" / "m3-size"
-WEIGHTS_GB = 2.271
+WEIGHTS_MIB = 2_271_071_852 / 2**20  # the fp32 weights of bge-reranker-v2-m3's size
 SEED: dict[str, object] = {"query": legacy.SEED_EXAMPLE["query"], "texts": legacy.SEED_EXAMPLE["compare_to"]}
 
 
@@ -141,17 +141,6 @@ def bare_start(model: Path, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        out = [0.0] * len(values)
-        for rank, i in enumerate(order):
-            out[i] = float(rank)
-        return out
-
-    return statistics.correlation(ranks(a), ranks(b))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="torch,bf16,int8,onnx,onnx-int8")
@@ -213,7 +202,7 @@ def table(servers: list[Server], args: argparse.Namespace, command: str) -> str:
             f"| {server.name} | {16 / sixteen_s:.2f} | {median(base, '16') / sixteen_s:.2f} | {sixteen_s:.1f} | "
             f"{median(server, 'seed') * 1000:.0f} | {max(deltas):.4f} | {statistics.fmean(deltas):.4f} | "
             f"{top1:.0%} | {rho:.3f} | {server.ready_s:.1f} | {server.peak_mib:.0f} | "
-            f"{server.peak_mib / 1024 / WEIGHTS_GB:.2f} |"
+            f"{server.peak_mib / WEIGHTS_MIB:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -240,43 +240,7 @@ def infinity_server(binary: str, model: Path, threads: int) -> Server:
     return Server("infinity-emb", command, env, infinity_body, "/health")
 
 
-# ---------------------------------------------------------------- int8 accuracy
-
-
-def int8_accuracy() -> dict[str, float]:
-    """fp32 vs int8 on the bundled real-weights model over the fixed labelled set."""
-    from bench.labelled import LABELLED
-    from compat_api.core.models.embedder import EmbeddingScorer
-    from compat_api.core.models.runtime import Runtime
-    from compat_api.core.ranking import Normalization, normalize
-    from compat_api.core.registry import bundled_model_path
-
-    path = bundled_model_path()
-    fp32 = EmbeddingScorer(path, name="fp32", max_length=256)
-    int8 = EmbeddingScorer(path, name="int8", max_length=256, runtime=Runtime(backend="int8"))
-    diffs: list[float] = []
-    rhos: list[float] = []
-    top3 = top1_fp32 = top1_int8 = 0
-    for query, docs, relevant in LABELLED:
-        a = normalize(fp32.score(query, docs), Normalization.COSINE)
-        b = normalize(int8.score(query, docs), Normalization.COSINE)
-        diffs.extend(abs(x - y) for x, y in zip(a, b, strict=True))
-        rhos.append(spearman(a, b))
-        rank_a = sorted(range(len(docs)), key=lambda i: -a[i])
-        rank_b = sorted(range(len(docs)), key=lambda i: -b[i])
-        top3 += set(rank_a[:3]) == set(rank_b[:3])
-        top1_fp32 += rank_a[0] == relevant
-        top1_int8 += rank_b[0] == relevant
-    n = len(LABELLED)
-    return {
-        "queries": n,
-        "mean_abs_diff": statistics.fmean(diffs),
-        "max_abs_diff": max(diffs),
-        "spearman": statistics.fmean(rhos),
-        "top3_agreement": top3 / n,
-        "top1_fp32": top1_fp32 / n,
-        "top1_int8": top1_int8 / n,
-    }
+# ---------------------------------------------------------------- shared helpers
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -326,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--infinity", default="", help="path of infinity_emb (in its own venv)")
     parser.add_argument(
-        "--backends", default="torch,onnx", help="compat-api backends (torch, onnx, int8); int8 adds its accuracy check"
+        "--backends", default="torch,onnx", help="compat-api backends (torch, bf16, int8, onnx, openvino)"
     )
+    parser.add_argument("--lanes", default="1", help="comma-separated lane counts of the compat-api servers")
     parser.add_argument("--out", default="", help="append the result table to this markdown file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -340,9 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     raw = RawModel(model, args.threads)
     backends = args.backends.split(",")
     servers = [
-        compat_server("compat-api" if backend == "torch" else f"compat-api-{backend}", model, args.threads,
-                      {"RERANK_BACKEND": backend, "RERANK_ONNX_CACHE_DIR": str(out_dir / "onnx")})
-        for backend in backends
+        compat_server("compat-api" + ("" if backend == "torch" else f"-{backend}") + ("" if lanes == "1" else
+                      f" ×{lanes} lanes"), model, args.threads,
+                      {"RERANK_BACKEND": backend, "RERANK_CACHE_DIR": str(out_dir / "cache"), "RERANK_LANES": lanes})
+        for backend in backends for lanes in args.lanes.split(",")
     ]  # fmt: skip
     if args.infinity:
         servers.append(infinity_server(args.infinity, model, args.threads))
@@ -409,18 +375,7 @@ def int8_report(samples: dict[tuple[str, str], list[Sample]], wanted: list[str])
         fp32 = statistics.median(s.pairs_per_s for s in samples[(workload, "compat-api")])
         int8 = statistics.median(s.pairs_per_s for s in samples[(workload, "compat-api-int8")])
         lines.append(f"- {workload}: int8 {int8:.1f} pairs/s vs fp32 {fp32:.1f} = {int8 / fp32:.2f}×")
-    acc = int8_accuracy()
-    lines += [
-        "",
-        f"int8 accuracy against fp32 on the bundled all-MiniLM-L6-v2 model, {acc['queries']:.0f} labelled queries "
-        "(bench/labelled.py):",
-        "",
-        "| mean abs score diff | max abs score diff | Spearman ρ (mean) | top-3 agreement | top-1 correct fp32 | "
-        "top-1 correct int8 |",
-        "|---|---|---|---|---|---|",
-        f"| {acc['mean_abs_diff']:.4f} | {acc['max_abs_diff']:.4f} | {acc['spearman']:.3f} | "
-        f"{acc['top3_agreement']:.0%} | {acc['top1_fp32']:.0%} | {acc['top1_int8']:.0%} |",
-    ]
+    lines += ["", "Accuracy of every backend against fp32: `python -m bench.accuracy`."]
     return "\n".join(lines) + "\n"
 
 

@@ -73,7 +73,7 @@ class BatchStats:
 
 
 # The range the adaptive token budget moves in (an item longer than the budget still runs alone).
-MIN_ADAPTIVE_TOKENS = 256
+MIN_ADAPTIVE_TOKENS = 2048
 MAX_ADAPTIVE_TOKENS = 16384
 
 

@@ -241,6 +241,7 @@ class ModelRegistry:
     def warm_up(self) -> None:
         for served in self._models.values():
             warm(served.engine.scorer)
+            served.engine.last_success = time.monotonic()  # a real scoring call: /health needs no probe yet
 
     def start(self) -> None:
         for served in self._models.values():

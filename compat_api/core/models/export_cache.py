@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +34,7 @@ from compat_api.core.fingerprint import fingerprint
 log = logging.getLogger(__name__)
 
 REFERENCE = "probe-outputs.npy"
+PROBE = "probe.npz"
 KEEP_VERSIONS = 2  # the one in use and the one before it (an instance may still be starting with it)
 M = TypeVar("M")
 
@@ -178,3 +181,62 @@ def load_verified(version: Path, *, complete: Callable[[Path], bool], make: Call
         shutil.rmtree(version, ignore_errors=True)
     raise ModelLoadError(f"the {what} in {version.parent} does not reproduce the model ({excess:.3g} times the "
                          "tolerance on the probe batch)")  # fmt: skip
+
+
+def make_in_child(kind: str, path: str, output: str, directory: Path, inputs: dict[str, Any], *, threads: int,
+                  trust_remote_code: bool) -> None:  # fmt: skip
+    """Make an export (`kind`: onnx, int8, openvino) of the model at `path` into `directory` in a
+    child process: making one holds the torch model and another copy of its weights for a while
+    (ONNX Runtime's quantizer about three), and none of that may stay in the server."""
+    import numpy as np
+
+    probe_file = directory / PROBE
+    np.savez(probe_file, **{name: value.numpy() for name, value in inputs.items()})
+    command = [sys.executable, "-m", "compat_api.core.models.export_cache", kind, path, output, str(directory),
+               str(threads)] + (["--trust-remote-code"] if trust_remote_code else [])  # fmt: skip
+    last = ""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stderr is not None
+        for line in child.stderr:  # the child's progress, passed on to our log
+            if line.strip():
+                last = line.strip()
+                log.info("export: %s", last[:300])
+    probe_file.unlink(missing_ok=True)
+    if child.returncode != 0:
+        raise ModelLoadError(f"cannot make the {kind} export of {path}: {last or f'exit status {child.returncode}'}")
+
+
+def _child(argv: list[str]) -> int:
+    """The child process of `make_in_child`: load the model as the server would, and export it."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    kind, path, output, directory, threads = argv[:5]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(int(threads))
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    family = AutoModelForSequenceClassification if output == "logits" else AutoModel
+    model = family.from_pretrained(path, trust_remote_code="--trust-remote-code" in argv).float().eval()
+    with np.load(Path(directory) / PROBE) as saved:
+        probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
+    target = Path(directory)
+    if kind == "openvino":
+        from compat_api.core.models.openvino import convert
+
+        convert(model, output, target, probe)
+        return 0
+    from compat_api.core.models.onnx import export, quantize_graph
+
+    export(model, output, target, probe)
+    del model
+    gc.collect()
+    if kind == "int8":
+        quantize_graph(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +24,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
-from compat_api.core.models.export_cache import REFERENCE, Tolerance, load_verified, model_cache, version_key
+from compat_api.core.models.export_cache import (
+    PROBE,
+    REFERENCE,
+    Tolerance,
+    load_verified,
+    make_in_child,
+    model_cache,
+    version_key,
+)
 from compat_api.core.models.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,8 @@ class OnnxModule:
         version = model_cache(path, runtime.cache_dir) / version_key(path, f"onnx|{kind}|{output}|{OPSET}")
 
         def make(directory: Path) -> None:
-            export_in_child(path, output, directory, inputs, kind=kind, runtime=runtime)
+            make_in_child("int8" if kind == "int8" else "onnx", path, output, directory, inputs,
+                          threads=runtime.threads, trust_remote_code=runtime.trust_remote_code)  # fmt: skip
 
         def open_(directory: Path) -> OnnxModule:
             return cls(directory / GRAPH, input_names=input_names, output=output, threads=runtime.threads)
@@ -104,9 +111,10 @@ class _Wrapper:
         return Wrapped()
 
 
-def export(model: Any, input_names: list[str], output: str, directory: Path, probe: dict[str, Any]) -> None:
+def export(model: Any, output: str, directory: Path, probe: dict[str, Any]) -> None:
     """Trace the model to ONNX with dynamic batch and sequence axes into `directory`, with the
     model's own outputs on the probe batch beside it."""
+    input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe]
     import numpy as np
     import torch
 
@@ -145,54 +153,6 @@ def export(model: Any, input_names: list[str], output: str, directory: Path, pro
     log.info("exported the model to ONNX in %.1fs", time.perf_counter() - started)
 
 
-def export_in_child(path: str, output: str, directory: Path, inputs: dict[str, Any], *, kind: str,
-                    runtime: Runtime) -> None:  # fmt: skip
-    """Export (and quantize) in a child process: the export holds the torch model and a second copy
-    of its weights for a while, and the quantization more; none of it stays in the server."""
-    import numpy as np
-
-    probe_file = directory / "probe.npz"
-    np.savez(probe_file, **{name: value.numpy() for name, value in inputs.items()})
-    command = [sys.executable, "-m", "compat_api.core.models.onnx", path, output, str(directory), kind,
-               str(runtime.threads)] + (["--trust-remote-code"] if runtime.trust_remote_code else [])  # fmt: skip
-    last = ""
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
-        assert child.stderr is not None
-        for line in child.stderr:
-            if line.strip():
-                last = line.strip()
-                log.info("export: %s", last[:300])
-    probe_file.unlink(missing_ok=True)
-    if child.returncode != 0:
-        raise ModelLoadError(f"cannot export {path} to ONNX: {last or f'the export exited with {child.returncode}'}")
-
-
-def _child(argv: list[str]) -> int:
-    """The export's child process: load the model as the server would, export, quantize."""
-    import gc
-
-    import numpy as np
-    import torch
-
-    path, output, directory, kind, threads = argv[:5]
-    trust = "--trust-remote-code" in argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(int(threads))
-    from transformers import AutoModel, AutoModelForSequenceClassification
-
-    family = AutoModelForSequenceClassification if output == "logits" else AutoModel
-    model = family.from_pretrained(path, trust_remote_code=trust).float().eval()
-    with np.load(Path(directory) / "probe.npz") as saved:
-        probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
-    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe]
-    export(model, input_names, output, Path(directory), probe)
-    del model
-    gc.collect()
-    if kind == "int8":
-        quantize_graph(Path(directory))
-    return 0
-
-
 def quantize_graph(directory: Path) -> None:
     """Replace the fp32 graph in `directory` by its dynamic int8 quantization (MatMul weights
     int8 per channel, activations quantized per batch; VNNI kernels on x86)."""
@@ -203,13 +163,9 @@ def quantize_graph(directory: Path) -> None:
     fp32 = directory / "fp32"
     fp32.mkdir()
     for file in list(directory.iterdir()):
-        if file.name not in (REFERENCE, "fp32", "probe.npz"):
+        if file.name not in (REFERENCE, "fp32", PROBE):
             file.rename(fp32 / file.name)
     quantize_dynamic(fp32 / GRAPH, directory / GRAPH, weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul"], use_external_data_format=True)  # fmt: skip
     shutil.rmtree(fp32)
     log.info("quantized the export in %.1fs", time.perf_counter() - started)
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))

@@ -21,7 +21,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
-from compat_api.core.models.export_cache import REFERENCE, Tolerance, load_verified, model_cache, version_key
+from compat_api.core.models.export_cache import (
+    REFERENCE,
+    Tolerance,
+    load_verified,
+    make_in_child,
+    model_cache,
+    version_key,
+)
 from compat_api.core.models.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,8 +59,10 @@ class OpenVinoModule:
         self._local = threading.local()
 
     @classmethod
-    def load(cls, model: Any, *, path: str, output: str, runtime: Runtime, lanes: int,
+    def load(cls, *, path: str, output: str, runtime: Runtime, lanes: int,
              probe: Callable[[], dict[str, Any]]) -> OpenVinoModule:  # fmt: skip
+        """The model's conversion from the cache (made first, in a child process, if missing),
+        verified on `probe`. The server process never reads the torch weights for it."""
         import openvino
 
         inputs = probe()
@@ -63,7 +72,8 @@ class OpenVinoModule:
             return cls(directory / IR, output=output, threads=runtime.threads, lanes=lanes)
 
         def make(directory: Path) -> None:
-            convert(model, output, directory, inputs)
+            make_in_child("openvino", path, output, directory, inputs, threads=runtime.threads,
+                          trust_remote_code=runtime.trust_remote_code)  # fmt: skip
 
         return load_verified(version, complete=lambda d: (d / IR).is_file(), make=make, open_=open_,
                              run=lambda module: getattr(module(**inputs), output).numpy(),

@@ -71,8 +71,7 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
     if backend == "openvino":
         from compat_api.core.models.openvino import OpenVinoModule
 
-        converted = OpenVinoModule.load(model.eval(), path=path, output=output, runtime=runtime, lanes=runtime.lanes,
-                                        probe=probe)  # fmt: skip
+        converted = OpenVinoModule.load(path=path, output=output, runtime=runtime, lanes=runtime.lanes, probe=probe)
         return Prepared(converted, "float32")
     if backend in ("onnx", "int8"):
         from compat_api.core.models.onnx import OnnxModule
@@ -86,8 +85,21 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
         model = model.half()
     if runtime.device == "cpu":
         own_memory(model)
+        trim_heap()
     model = model.to(runtime.device).eval()
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+def trim_heap() -> None:
+    """Give the C heap's freed pages back to the system (glibc keeps them otherwise): loading
+    leaves tens of MB of them behind, which would count at the load's peak."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to give back this way
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def native_bf16() -> bool:
@@ -115,34 +127,43 @@ def require_native_bf16() -> None:
 
 def own_memory(model: Any, dtype: Any = None) -> None:
     """Move weights that still live in a memory-mapped weight file into the process's own memory
-    (converting floating-point ones to `dtype` when given), one tensor at a time.
+    (converting floating-point ones to `dtype` when given).
 
     transformers maps safetensors files and hands out views into the mapping, faulted in lazily.
     A new model uploaded over the file in place (as NAS uploads do) would pull the pages from
     under the running model and kill the process with SIGBUS, so the server owns its weights.
     Copying through the mapping would make every page resident twice (the mapped file and the
     copy: 2x the weights at the peak); instead each tensor is read from the file itself into its
-    new memory, so the mapping is never touched and the peak stays at one copy. Tensors that are
-    not mapped (computed buffers, GPU tensors) are copied (or converted) as they are.
+    new memory, in 64 MiB pieces on a few threads (page faults and reads overlap), so the mapping
+    is never touched and the peak stays at one copy. Tensors that are not mapped (computed
+    buffers, GPU tensors) are copied (or converted) as they are.
     """
     import torch
 
     mapped = _mapped_files()
     copies: dict[tuple[int, Any], Any] = {}
+    reads: list[tuple[str, int, Any, Any]] = []
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
+        tensors = [*model.parameters(), *model.buffers()]
+        for tensor in tensors:
             target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
             key = (tensor.data_ptr(), target)
-            if key not in copies:
-                source = _mapping_of(tensor, mapped)
-                if source is not None:
-                    copies[key] = _read(source[0], source[1], tensor, target)
-                else:
-                    copies[key] = tensor.data.to(target, copy=True)
-            tensor.data = copies[key]
+            if key in copies:
+                continue
+            source = _mapping_of(tensor, mapped)
+            if source is None:
+                copies[key] = tensor.data.to(target, copy=True)
+            else:
+                copies[key] = torch.empty(tensor.shape, dtype=target)
+                reads.append((source[0], source[1], tensor, copies[key]))
+        _read_all(reads)
+        for tensor in tensors:
+            target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            tensor.data = copies[(tensor.data_ptr(), target)]
 
 
 _CHUNK = 64 << 20
+_READERS = 4
 
 
 def _mapped_files() -> list[tuple[int, int, str, int]]:
@@ -170,34 +191,37 @@ def _mapping_of(tensor: Any, mapped: list[tuple[int, int, str, int]]) -> tuple[s
     return None
 
 
-def _read(path: str, offset: int, like: Any, target: Any) -> Any:
-    """The bytes of `like` read from `path` at `offset` into new memory of dtype `target`."""
+def _read_all(reads: list[tuple[str, int, Any, Any]]) -> None:
+    """Fill each destination tensor with the bytes of its source tensor read from the file at
+    its offset (converted to the destination's dtype), in pieces spread over a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pieces = []
+    for path, offset, like, out in reads:
+        size = like.element_size()
+        nbytes = like.numel() * size
+        step = max(size, _CHUNK // size * size)
+        pieces += [(path, offset, like, out, start, min(step, nbytes - start)) for start in range(0, nbytes, step)]
+    with ThreadPoolExecutor(_READERS) as pool:
+        for _ in pool.map(lambda piece: _read_piece(*piece), pieces):
+            pass
+
+
+def _read_piece(path: str, offset: int, like: Any, out: Any, start: int, size: int) -> None:
     import torch
 
-    out = torch.empty(like.shape, dtype=target)
-    nbytes = like.numel() * like.element_size()
+    first, count = start // like.element_size(), size // like.element_size()
+    if out.dtype == like.dtype:
+        buffer = out.view(-1)[first : first + count].view(torch.uint8)
+    else:
+        buffer = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(buffer.numpy().data)
     with open(path, "rb", buffering=0) as handle:
-        if target == like.dtype:
-            view = memoryview(out.view(-1).view(torch.uint8).numpy().data)
-            handle.seek(offset)
-            while view.nbytes:
-                count = handle.readinto(view)
-                if not count:
-                    raise OSError(f"{path} ended before its tensor did (was it replaced while loading?)")
-                view = view[count:]
-            return out
-        flat = out.view(-1)
-        step = max(like.element_size(), _CHUNK // like.element_size() * like.element_size())
-        buffer = torch.empty(step, dtype=torch.uint8)
-        for done in range(0, nbytes, step):
-            size = min(step, nbytes - done)
-            handle.seek(offset + done)
-            view = memoryview(buffer[:size].numpy().data)
-            while view.nbytes:
-                count = handle.readinto(view)
-                if not count:
-                    raise OSError(f"{path} ended before its tensor did (was it replaced while loading?)")
-                view = view[count:]
-            first = done // like.element_size()
-            flat[first : first + size // like.element_size()] = buffer[:size].view(like.dtype)
-    return out
+        handle.seek(offset + start)
+        while view.nbytes:
+            read = handle.readinto(view)
+            if not read:
+                raise OSError(f"{path} ended before its tensor did (was it replaced while loading?)")
+            view = view[read:]
+    if out.dtype != like.dtype:
+        out.view(-1)[first : first + count] = buffer.view(like.dtype)
