@@ -179,6 +179,7 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
     log.info("fetching %s from %s into %s", model_id, source, staging)
     try:
         fetch(source, model_id, staging, revision)
+        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
         log.info("verifying %s", staging)
         verify(staging)
         files = manifest(staging)

@@ -221,6 +221,7 @@ def test_the_first_deploy_downloads_the_model_with_the_images_environment(
             assert response.status_code == 200 and len(response.json()["data"]) == 2
         assert any("/resolve/" in request and "model.safetensors" in request for request in hub.requests)
     assert status(target) == "ours"
+    assert not (target / ".cache").exists(), "the hub client's bookkeeping is not left in the model"
 
 
 @pytest.mark.parametrize("marker", ["garbage", "[1, 2]", '{"files": 3}'])

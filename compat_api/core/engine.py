@@ -406,7 +406,8 @@ class BatchEngine:
             self._running -= 1
             self.busy_since = time.monotonic() if self._running else None
         elapsed = time.perf_counter() - started
-        self.last_success = time.monotonic()
+        if all(_finite(output) for output in outputs):  # a call that scored NaN is no sign of health
+            self.last_success = time.monotonic()
         stats = BatchStats(len(items), sum(i.length for i in items), len(items) * max(i.length for i in items),
                            elapsed)  # fmt: skip
         totals = self.totals

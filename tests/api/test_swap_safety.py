@@ -114,13 +114,14 @@ def test_a_request_that_meets_a_non_finite_score_gets_the_model_failure_error(
     tiny_reranker_dir: Path, tmp_path: Path
 ) -> None:
     nan_dir = poisoned(tiny_reranker_dir, tmp_path / "nan", float("nan"))
-    settings = make_settings(model_path=str(nan_dir), warmup=False, health_max_age=0.0)
+    settings = make_settings(model_path=str(nan_dir), warmup=False)  # the default health_max_age: traffic counts
     with TestClient(create_app(settings)) as client:
         cohere = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert cohere.status_code == 500 and ErrorBody.model_validate(cohere.json()).type == "backend"
         assert "non-finite" in cohere.json()["message"]
         tei = client.post("/rerank", json={"query": QUERY, "texts": DOCS})
         assert tei.status_code == 424 and TeiErrorBody.model_validate(tei.json()).error_type == "backend"
+        client.post("/rerank", json={"query": QUERY, "texts": DOCS})  # traffic must not hide it either
         health = client.get("/health")
         assert health.status_code == 503
         parsed = HealthResponse.model_validate(health.json())
