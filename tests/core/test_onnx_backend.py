@@ -65,6 +65,10 @@ def test_exports_are_cached_by_fingerprint_and_old_ones_pruned(tiny_reranker_dir
         CrossEncoderScorer(str(model), name="t", max_length=64, runtime=onnx(cache))
     assert len(exports(cache)) == 2, "the version in use and the one before it; older ones are pruned"
     assert not first.exists()
+    CrossEncoderScorer(str(model), name="t", max_length=64, runtime=Runtime(backend="int8", cache_dir=str(cache)))
+    CrossEncoderScorer(str(model), name="t", max_length=64, runtime=Runtime(backend="openvino", cache_dir=str(cache)))
+    kinds = sorted(p.name.rsplit("-", 1)[0] for p in next(cache.iterdir()).iterdir())
+    assert kinds == ["onnx-fp32", "onnx-fp32", "onnx-int8", "openvino"], "each backend keeps its own exports"
 
 
 def test_the_cache_is_private_to_the_service(tiny_reranker_dir: Path, tmp_path: Path) -> None:

@@ -94,18 +94,21 @@ def model_cache(model_path: str, configured: str) -> Path:
     return private_dir(cache_root(model_path, configured) / f"{slug}-{digest}")
 
 
-def version_key(path: str, salt: str) -> str:
-    """The model directory's fingerprint, salted with what shapes the export (its kind, the
-    exporter's versions)."""
+def version_key(path: str, kind: str, salt: str) -> str:
+    """`<kind>-<fingerprint>`: the export's kind (onnx-fp32, onnx-int8, openvino), then the model
+    directory's fingerprint salted with what shapes the export (its settings, the exporter's
+    versions). Each kind keeps its own versions."""
     import torch
     import transformers
 
-    return fingerprint(path, salt=f"{salt}|{torch.__version__}|{transformers.__version__}")
+    return f"{kind}-" + fingerprint(path, salt=f"{kind}|{salt}|{torch.__version__}|{transformers.__version__}")
 
 
 def prune(directory: Path, keep: Path) -> None:
-    """Delete all but the most recently used versions of one model (and abandoned staging dirs)."""
-    versions = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    """Delete all but the most recently used versions of `keep`'s kind in one model's directory
+    (other kinds are other backends' exports), and abandoned staging directories."""
+    kind = keep.name.rsplit("-", 1)[0]
+    versions = sorted((p for p in directory.iterdir() if p.is_dir() and p.name.rsplit("-", 1)[0] == kind),
                       key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
     for old in [v for v in versions if v != keep][KEEP_VERSIONS - 1 :]:
         log.info("pruning an old export %s", old)

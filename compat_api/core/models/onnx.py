@@ -70,7 +70,7 @@ class OnnxModule:
         inputs = probe()
         input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in inputs]
         kind = "int8" if runtime.backend == "int8" else "fp32"
-        version = model_cache(path, runtime.cache_dir) / version_key(path, f"onnx|{kind}|{output}|{OPSET}")
+        version = model_cache(path, runtime.cache_dir) / version_key(path, f"onnx-{kind}", f"{output}|{OPSET}")
 
         def make(directory: Path) -> None:
             make_in_child("int8" if kind == "int8" else "onnx", path, output, directory, inputs,

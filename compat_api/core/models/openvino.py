@@ -66,7 +66,9 @@ class OpenVinoModule:
         import openvino
 
         inputs = probe()
-        version = model_cache(path, runtime.cache_dir) / version_key(path, f"openvino|{output}|{openvino.__version__}")
+        version = model_cache(path, runtime.cache_dir) / version_key(
+            path, "openvino", f"{output}|{openvino.__version__}"
+        )
 
         def open_(directory: Path) -> OpenVinoModule:
             return cls(directory / IR, output=output, threads=runtime.threads, lanes=lanes)
