@@ -15,7 +15,7 @@ from compat_api.core.engine import BatchEngine
 from compat_api.core.errors import ModelLoadError
 from compat_api.core.models import runtime as runtime_module
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
-from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.embedder import Embedder
 from compat_api.core.models.export_cache import model_cache
 from compat_api.core.models.runtime import Runtime, native_bf16
 from compat_api.core.ranking import normalize
@@ -32,7 +32,7 @@ TINY_TOLERANCE = {"bf16": 0.05, "int8": 0.15}
 needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 
 
-def scores(scorer: CrossEncoderScorer | EmbeddingScorer, query: str, docs: list[str]) -> list[float]:
+def scores(scorer: CrossEncoderScorer | Embedder, query: str, docs: list[str]) -> list[float]:
     return normalize(scorer.score(query, docs), scorer.info.normalization)
 
 
@@ -53,8 +53,8 @@ def test_lossy_backends_score_close_to_fp32(fp32: CrossEncoderScorer, tiny_reran
 @pytest.mark.parametrize("backend", [pytest.param("bf16", marks=needs_bf16), "int8"])
 def test_lossy_backends_rank_the_labelled_set_as_fp32(backend: str, tmp_path: Path) -> None:
     path = bundled_model_path()
-    reference = EmbeddingScorer(path, name="fp32", max_length=256)
-    lossy = EmbeddingScorer(path, name=backend, max_length=256,
+    reference = Embedder(path, name="fp32", max_length=256)
+    lossy = Embedder(path, name=backend, max_length=256,
                             runtime=Runtime(backend=backend, cache_dir=str(tmp_path)))  # type: ignore[arg-type]  # fmt: skip
     for query, docs, relevant in LABELLED:
         ours = scores(lossy, query, docs)
@@ -102,8 +102,9 @@ def test_lanes_give_the_same_scores_as_one_lane_under_concurrency(fp32: CrossEnc
         return [raw for raw, _ in results]
 
     one, two = asyncio.run(run(1)), asyncio.run(run(2))
-    for a, b in zip(one, two, strict=True):
-        assert b == pytest.approx(a, abs=1e-5)  # batch shapes differ: float sums in other orders
+    worst = max(abs(x - y) for a, b in zip(one, two, strict=True) for x, y in zip(a, b, strict=True))
+    # batch shapes and thread counts differ: float sums in other orders, within the fidelity rule's 1e-4
+    assert worst <= 1e-4, worst
 
 
 def test_a_model_replaced_in_place_never_serves_a_stale_export(

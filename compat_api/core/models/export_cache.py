@@ -188,7 +188,7 @@ def load_verified(version: Path, *, complete: Callable[[Path], bool], make: Call
 
 def make_in_child(kind: str, path: str, output: str, directory: Path, inputs: dict[str, Any], *, threads: int,
                   trust_remote_code: bool) -> None:  # fmt: skip
-    """Make an export (`kind`: onnx, int8, openvino) of the model at `path` into `directory` in a
+    """Make an export (`kind`: onnx, int8, int8r (7-bit weights), openvino) of the model at `path` into `directory` in a
     child process: making one holds the torch model and another copy of its weights for a while
     (ONNX Runtime's quantizer about three), and none of that may stay in the server."""
     import numpy as np
@@ -236,8 +236,8 @@ def _child(argv: list[str]) -> int:
     export(model, output, target, probe)
     del model
     gc.collect()
-    if kind == "int8":
-        quantize_graph(target)
+    if kind in ("int8", "int8r"):
+        quantize_graph(target, reduce_range=kind == "int8r")
     return 0
 
 

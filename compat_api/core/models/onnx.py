@@ -33,7 +33,7 @@ from compat_api.core.models.export_cache import (
     model_cache,
     version_key,
 )
-from compat_api.core.models.runtime import Runtime
+from compat_api.core.models.runtime import Runtime, native_int8_dot
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ GRAPH = "model.onnx"
 # Largest difference from the torch model's outputs on the probe batch an export may show:
 # fp32 graphs reproduce the model; int8 ones move logits by a few hundredths (docs/benchmarks.md),
 # while a different model's graph differs by whole units.
-TOLERANCE = {"fp32": Tolerance(1e-3, 1e-4), "int8": Tolerance(0.25, 0.3)}
+TOLERANCE = {"fp32": Tolerance(1e-3, 1e-4), "int8": Tolerance(0.25, 0.3), "int8r": Tolerance(0.25, 0.3)}
 
 
 class OnnxModule:
@@ -69,11 +69,13 @@ class OnnxModule:
         verified on `probe`. The server process never reads the torch weights for it."""
         inputs = probe()
         input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in inputs]
-        kind = "int8" if runtime.backend == "int8" else "fp32"
+        # int8r: 7-bit weights (reduce_range) for CPUs without VNNI, whose int8 kernels saturate;
+        # its own cache entry, so instances on other CPUs sharing the NAS keep theirs
+        kind = ("int8" if native_int8_dot() else "int8r") if runtime.backend == "int8" else "fp32"
         version = model_cache(path, runtime.cache_dir) / version_key(path, f"onnx-{kind}", f"{output}|{OPSET}")
 
         def make(directory: Path) -> None:
-            make_in_child("int8" if kind == "int8" else "onnx", path, output, directory, inputs,
+            make_in_child("onnx" if kind == "fp32" else kind, path, output, directory, inputs,
                           threads=runtime.threads, trust_remote_code=runtime.trust_remote_code)  # fmt: skip
 
         def open_(directory: Path) -> OnnxModule:
@@ -153,9 +155,10 @@ def export(model: Any, output: str, directory: Path, probe: dict[str, Any]) -> N
     log.info("exported the model to ONNX in %.1fs", time.perf_counter() - started)
 
 
-def quantize_graph(directory: Path) -> None:
+def quantize_graph(directory: Path, *, reduce_range: bool = False) -> None:
     """Replace the fp32 graph in `directory` by its dynamic int8 quantization (MatMul weights
-    int8 per channel, activations quantized per batch; VNNI kernels on x86)."""
+    int8 per channel, activations quantized per batch; VNNI kernels on x86). `reduce_range`
+    keeps weights to 7 bits, as ONNX Runtime advises for x86 CPUs without VNNI."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     started = time.perf_counter()
@@ -166,6 +169,7 @@ def quantize_graph(directory: Path) -> None:
         if file.name not in (REFERENCE, "fp32", PROBE):
             file.rename(fp32 / file.name)
     quantize_dynamic(fp32 / GRAPH, directory / GRAPH, weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], use_external_data_format=True)  # fmt: skip
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True,
+                     reduce_range=reduce_range)  # fmt: skip
     shutil.rmtree(fp32)
     log.info("quantized the export in %.1fs", time.perf_counter() - started)

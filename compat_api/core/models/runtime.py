@@ -116,6 +116,21 @@ def native_bf16() -> bool:
         return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def native_int8_dot() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI, AMX-INT8). Without them, ONNX
+    Runtime's int8 kernels multiply with 16-bit saturating sums, so weights need 7 bits."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch: read the CPU's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def require_native_bf16() -> None:
     if not native_bf16():
         raise ModelLoadError(
