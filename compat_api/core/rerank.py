@@ -1,5 +1,6 @@
 """The rerank use case every dialect calls: check limits, score (through the cache), normalize,
-order, count usage. A request is scored by one model version from start to finish."""
+order, count usage (the tokens the model read: a document sent twice is scored and counted once).
+A request is scored by one model version from start to finish."""
 
 from __future__ import annotations
 
@@ -127,14 +128,20 @@ async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome
             field=field,
         )
     check_lengths(request, registry.settings)
-    engine = registry.get(request.model).engine  # this version serves the whole request
+    engine = registry.reranker(request.model).engine  # this version serves the whole request
     info = engine.scorer.info
     query, documents = utf8_safe(request.query), [utf8_safe(d) for d in request.documents]
-    result = await score_cached(engine, query, documents, encode_options(request, registry.settings))
-    scores = normalize(result.raw, info.normalization)
+    # A document sent twice is scored once, so duplicates always get identical scores (a batch's
+    # rows may otherwise differ in the last bits) and the model does not repeat work.
+    distinct = {doc: i for i, doc in reversed(list(enumerate(documents)))}
+    unique = sorted(distinct, key=distinct.__getitem__)
+    result = await score_cached(engine, query, unique, encode_options(request, registry.settings))
+    position = {doc: i for i, doc in enumerate(unique)}
+    raw = [result.raw[position[doc]] for doc in documents]
+    scores = normalize(raw, info.normalization)
     return RerankOutcome(
         model=info.name,
-        raw_scores=result.raw,
+        raw_scores=raw,
         scores=scores,
         order=order_by_score(scores, request.top_n),
         tokens=result.tokens,
