@@ -31,14 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="bf16,int8,onnx,openvino")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from compat_api.core.models.embedder import EmbeddingScorer
+    from compat_api.core.models.embedder import Embedder
     from compat_api.core.models.runtime import Runtime
     from compat_api.core.ranking import normalize
     from compat_api.core.registry import bundled_model_path
 
     path = bundled_model_path()
     cache = ROOT / "bench" / ".out" / "accuracy-cache"
-    reference = EmbeddingScorer(path, name="fp32", max_length=256)
+    reference = Embedder(path, name="fp32", max_length=256)
     fp32 = [normalize(reference.score(q, d), reference.info.normalization) for q, d, _ in LABELLED]
     command = "python -m bench.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| torch fp32 | 100% | 100% | {statistics.fmean(max(range(len(s)), key=s.__getitem__) == rel for s, (_, _, rel) in zip(fp32, LABELLED, strict=True)):.0%} | 1.000 | 0 | 0 |",  # noqa: E501
     ]
     for backend in args.backends.split(","):
-        scorer = EmbeddingScorer(path, name=backend, max_length=256,
+        scorer = Embedder(path, name=backend, max_length=256,
                                  runtime=Runtime(backend=backend, cache_dir=str(cache)))  # fmt: skip
         top1 = top3 = correct = 0
         rhos, diffs = [], []

@@ -35,7 +35,7 @@ import httpx
 
 from bench.run import ROOT, spearman
 from bench.workloads import WORDS
-from compat_api.api import legacy
+from compat_api.api.rerank import legacy
 
 log = logging.getLogger("bench.realsize")
 MODEL = ROOT / "bench" / ".models" / "m3-size"

@@ -40,6 +40,17 @@ class Settings(BaseSettings):
             "bundled all-MiniLM-L6-v2 embedding model. Env RERANK_MODEL_PATH or MODEL_PATH."
         ),
     )
+    embedding_model_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("embedding_model_path", "RERANK_EMBEDDING_MODEL_PATH", "EMBEDDING_MODEL_PATH"),
+        description=(
+            "Embedding model directory served beside the reranker (e.g. /mnt/auto/bge-m3) on the embedding "
+            "routes. Env RERANK_EMBEDDING_MODEL_PATH or EMBEDDING_MODEL_PATH."
+        ),
+    )
+    embedding_model_name: str | None = Field(
+        None, description="Served name of the embedding model (default: its directory name)."
+    )
     models: str = Field(
         "", description="More models, as comma-separated name=path entries (e.g. m3=/mnt/auto/m3,base=/mnt/auto/base)."
     )
@@ -162,11 +173,13 @@ class Settings(BaseSettings):
         ),
     )
     max_documents: int = Field(
-        1000, ge=1, description="Most documents in one request (Cohere recommends at most 1,000)."
+        1000,
+        ge=1,
+        description="Most documents (or embedding inputs) in one request (Cohere recommends at most 1,000).",
     )
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="Largest request body (TEI's default: 2 MB).")
     max_query_chars: int = Field(20_000, ge=1, description="Longest query, in characters.")
-    max_document_chars: int = Field(200_000, ge=1, description="Longest document, in characters.")
+    max_document_chars: int = Field(200_000, ge=1, description="Longest document (or embedding input), in characters.")
     max_request_tokens: int = Field(
         1_000_000, ge=1, description="Most tokens one request may send to the model (all pairs and chunks)."
     )
@@ -228,7 +241,8 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds a successful model call counts as a passing health check."
     )
 
-    @field_validator("model_path", "model_name", "models_root", mode="before")
+    @field_validator("model_path", "model_name", "models_root", "embedding_model_path", "embedding_model_name",
+                     mode="before")  # fmt: skip
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

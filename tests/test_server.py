@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from compat_api.api.legacy import SEED_EXAMPLE, LegacyRerankResponse
+from compat_api.api.rerank.legacy import SEED_EXAMPLE, LegacyRerankResponse
 from tests.servers import output, serving, start, stop, wait_ready
 
 

@@ -105,6 +105,35 @@ def build_tiny_xlmr_reranker(target: Path, *, seed: int = 0, layers: int = 2, wi
     return target
 
 
+def build_tiny_xlmr_embedder(target: Path, *, seed: int = 0, pooling: str | None = None) -> Path:
+    """A bge-m3-like embedding directory (XLMRobertaModel, tiny and random): CLS pooling by default,
+    or a sentence-transformers `modules.json` + `1_Pooling` saying `pooling` ("cls", "mean", "max")."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    target.mkdir(parents=True, exist_ok=True)
+    build_xlmr_tokenizer(target)
+    config = XLMRobertaConfig(vocab_size=len(_unigram_vocab(CORPUS)), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=514,
+                              type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                              initializer_range=0.6)  # fmt: skip
+    torch.manual_seed(seed)
+    model = XLMRobertaModel(config, add_pooling_layer=False)
+    model.eval()
+    model.save_pretrained(str(target))
+    _set_tokenizer_class(target, "XLMRobertaTokenizer")
+    if pooling is not None:
+        kinds = ("Transformer", "Pooling")
+        modules = [{"idx": i, "name": str(i), "path": ("", "1_Pooling")[i], "type": f"sentence_transformers.models.{k}"}
+                   for i, k in enumerate(kinds)]  # fmt: skip
+        (target / "modules.json").write_text(json.dumps(modules))
+        (target / "1_Pooling").mkdir(exist_ok=True)
+        modes = {f"pooling_mode_{mode}": key == pooling for mode, key in
+                 (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"))}  # fmt: skip
+        (target / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+    return target
+
+
 def _set_tokenizer_class(target: Path, cls: str) -> None:
     path = target / "tokenizer_config.json"
     data = json.loads(path.read_text())

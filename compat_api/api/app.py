@@ -14,11 +14,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from compat_api import __version__
-from compat_api.api import admin, cohere, health, models, rerank, tei
+from compat_api.api import admin, health, models
 from compat_api.api.auth import ApiKeyMiddleware
+from compat_api.api.embed import openai, sibling
 from compat_api.api.errors import install_error_handlers
 from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
+from compat_api.api.rerank import cohere, shared, tei
 from compat_api.core.errors import CoreError, ModelLoadError
 from compat_api.core.registry import ModelRegistry
 from compat_api.provision import ProvisionError, provision
@@ -27,12 +29,15 @@ from compat_api.settings import Settings
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
-Rerank API server for cross-encoder rerankers (BAAI/bge-reranker-v2-m3 and friends).
+Rerank and embedding API server (BAAI/bge-reranker-v2-m3, bge-m3 and friends).
 
 * `POST /rerank` — the original API `{query, compare_to}` → `{data, object}`; also TEI's
   `{query, texts}` → `[{index, score}]` and Cohere/Jina's `{query, documents}`
 * `POST /v1/rerank` — Cohere v1 / Jina / Xinference: `{query, documents, top_n, return_documents}`
 * `POST /v2/rerank` — Cohere v2: `{query, documents, top_n, max_tokens_per_doc}`
+* `POST /v1/embeddings` (also `/embeddings`) — OpenAI / Jina / LocalAI / infinity: `{input, model,
+  encoding_format, dimensions}`; `input` may be cl100k_base token arrays
+* `POST /embedding`, `POST /similarity` — the original embedding template: `{input}`
 * `GET /info` (TEI), `GET /v1/models`, `GET /v1/models/{id}` (OpenAI / Xinference)
 
 With `RERANK_API_KEYS` set, use the Authorize button (Bearer key).
@@ -48,16 +53,27 @@ def provision_or_fail(settings: Settings) -> None:
         raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
 
 
-def _publish_limits(node: Any, settings: Settings) -> None:
-    """Turn the wire models' `x-limit: documents` marker into this server's `maxItems`."""
+def _publish_limits(node: Any, settings: Settings, dimensions: int | None) -> None:
+    """Turn the wire models' `x-limit` markers into this server's limits: `documents` into
+    `maxItems`, `dimensions` into the embedding model's size as `maximum`."""
     if isinstance(node, dict):
-        if node.pop("x-limit", None) == "documents":
+        limit = node.pop("x-limit", None)
+        if limit == "documents":
             node["maxItems"] = settings.max_documents
+        elif limit == "dimensions" and dimensions:
+            node["maximum"] = dimensions
         for value in node.values():
-            _publish_limits(value, settings)
+            _publish_limits(value, settings, dimensions)
     elif isinstance(node, list):
         for value in node:
-            _publish_limits(value, settings)
+            _publish_limits(value, settings, dimensions)
+
+
+def _dimensions(app: FastAPI) -> int | None:
+    """The smallest vector size of the served embedding models (what any `dimensions` may ask)."""
+    registry = getattr(app.state, "registry", None)
+    sizes = [int(m.info.extra.get("dimensions", 0)) for m in registry.models] if registry is not None else []
+    return min((size for size in sizes if size), default=None)
 
 
 def publish_security_only_when_required(app: FastAPI, settings: Settings) -> None:
@@ -68,7 +84,7 @@ def publish_security_only_when_required(app: FastAPI, settings: Settings) -> Non
 
     def openapi() -> dict[str, Any]:
         schema = generate()
-        _publish_limits(schema, settings)
+        _publish_limits(schema, settings, _dimensions(app))
         unused = {"apiKey"} if not settings.api_key_list else set()
         unused |= {"adminKey"} if not settings.admin_key else set()
         for operations in schema.get("paths", {}).values():
@@ -150,9 +166,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(StartupErrorMiddleware, state=app.state)
     publish_security_only_when_required(app, settings)
     app.include_router(health.router)
-    app.include_router(rerank.router)
+    app.include_router(shared.router)
     app.include_router(cohere.router)
     app.include_router(tei.router)
+    app.include_router(openai.router)
+    app.include_router(sibling.router)
     app.include_router(models.router)
+    app.include_router(models.public)
     app.include_router(admin.router)
     return app

@@ -27,7 +27,8 @@ bearer = HTTPBearer(
     description="One of the keys in RERANK_API_KEYS (only needed when keys are configured).",
 )
 
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                        "/v1/cluster/auth"})  # fmt: skip
 OPEN_PREFIXES = ("/static-offline-docs/", "/admin/")
 MISSING = "missing API key: send 'Authorization: Bearer <key>' with a key from RERANK_API_KEYS"
 INVALID = "invalid API key: send 'Authorization: Bearer <key>' with a key from RERANK_API_KEYS"

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
+from compat_api.core.embed import EmbedOutcome, EmbedQuery, embed
 from compat_api.core.errors import DeadlineExceeded, ModelNotReady, RequestCancelled
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.rerank import RerankOutcome, RerankQuery, rerank
@@ -67,3 +68,8 @@ async def bounded(request: Request, registry: ModelRegistry, work: Coroutine[Any
 async def run_rerank(request: Request, registry: ModelRegistry, query: RerankQuery) -> RerankOutcome:
     """Rerank within the request's bounds (see `bounded`)."""
     return await bounded(request, registry, rerank(registry, query))
+
+
+async def run_embed(request: Request, registry: ModelRegistry, query: EmbedQuery) -> EmbedOutcome:
+    """Embed within the request's bounds (see `bounded`)."""
+    return await bounded(request, registry, embed(registry, query))

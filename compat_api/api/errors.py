@@ -34,6 +34,7 @@ from compat_api.core.errors import (
     ModelNotReady,
     Overloaded,
     RequestCancelled,
+    WrongFamily,
 )
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,34 @@ class TeiErrorBody(BaseModel):
     error_type: str
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error body (openai SDKs, LocalAI read `error`), plus `detail` (Jina, Xinference)."""
+
+    error: OpenAIError
+    detail: str
+
+
 DEFAULT = "default"
 TEI = "tei"
 LEGACY = "legacy"
 COHERE = "cohere"  # Cohere / Jina shape on the shared /rerank route
 COHERE_V1 = "cohere-v1"
 COHERE_V2 = "cohere-v2"
-DIALECTS = frozenset({DEFAULT, TEI, LEGACY, COHERE, COHERE_V1, COHERE_V2})
+OPENAI = "openai"  # OpenAI-shaped embeddings
+SIBLING = "sibling"  # the seed's sibling embedding template (fc-embedding-api)
+DIALECTS = frozenset({DEFAULT, TEI, LEGACY, COHERE, COHERE_V1, COHERE_V2, OPENAI, SIBLING})
 
 # (error class, status, TEI status, type) — the first match wins, so subclasses come first.
 STATUS_OF: Sequence[tuple[type[CoreError], int, int, str]] = (
     (EmptyInput, 400, 400, "empty"),
+    (WrongFamily, 400, 400, "wrong_model_family"),
     (LimitExceeded, 413, 413, "validation"),
     (InvalidInput, 422, 422, "validation"),
     (ModelNotFound, 404, 404, "model_not_found"),
@@ -112,6 +130,7 @@ def dialect(name: str) -> Callable[[Request], None]:
     def mark(request: Request) -> None:
         set_dialect(request, name)
 
+    mark.dialect = name  # type: ignore[attr-defined]  # read back when the body fails before dependencies run
     return mark
 
 
@@ -126,13 +145,27 @@ def error_response(
     body: BaseModel
     if dialect == TEI:
         body = TeiErrorBody(error=message, error_type=kind)
+    elif dialect == OPENAI:
+        error_type = "invalid_request_error" if status < 500 else "server_error"
+        body = OpenAIErrorBody(error=OpenAIError(message=message, type=error_type, param=field, code=kind),
+                               detail=message)  # fmt: skip
     else:
         body = ErrorBody(detail=message, message=message, type=kind, field=field)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def _dialect(request: Request) -> str:
-    return str(getattr(request.state, "dialect", DEFAULT))
+    """The request's dialect: as its route marked it, or (a body that could not be parsed stops
+    before the route's dependencies run) as the matched route's marker says."""
+    marked = getattr(request.state, "dialect", None)
+    if marked is not None:
+        return str(marked)
+    route = request.scope.get("route")
+    for dependency in getattr(route, "dependencies", ()):
+        name = getattr(dependency.dependency, "dialect", None)
+        if name is not None:
+            return str(name)
+    return DEFAULT
 
 
 # The error type of a /rerank body that matches none of the accepted shapes.

@@ -90,11 +90,12 @@ class Limits:
 class _Job:
     """One request in the engine: its items, outputs, and what it has been charged."""
 
-    __slots__ = ("charged_items", "charged_tokens", "declared_items", "declared_tokens", "done", "future",
+    __slots__ = ("charged_items", "charged_tokens", "declared_items", "declared_tokens", "done", "field", "future",
                  "items", "outputs", "queue", "sealed")  # fmt: skip
 
-    def __init__(self, queue: Queue, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, queue: Queue, future: asyncio.Future[list[Any]], field: str = "documents") -> None:
         self.queue = queue
+        self.field = field
         self.future = future
         self.items: list[Item] = []
         self.outputs: list[Any] = []
@@ -251,12 +252,15 @@ class BatchEngine:
         outputs = await self.run(steps, estimate=len(documents) + 1, priority=priority)
         return self.scorer.finish(encoding, outputs), encoding
 
-    async def run(self, steps: Iterator[Step], *, estimate: int, priority: bool = False) -> list[Any]:
-        """Admit a request, tokenize it step by step, and return one output per item it yielded."""
+    async def run(
+        self, steps: Iterator[Step], *, estimate: int, priority: bool = False, field: str = "documents"
+    ) -> list[Any]:
+        """Admit a request, tokenize it step by step, and return one output per item it yielded.
+        `field` names the request's input list in the errors of the per-request caps."""
         if self._closed or not self._started:
             raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
         loop = asyncio.get_running_loop()
-        job = _Job(Queue(next(self._seq), priority=priority), loop.create_future())
+        job = _Job(Queue(next(self._seq), priority=priority), loop.create_future(), field)
         self._jobs += 1
         try:
             self._charge(job, estimate, 0)
@@ -313,16 +317,16 @@ class BatchEngine:
         limits = self.limits
         if limits.max_request_items is not None and job.declared_items > limits.max_request_items:
             raise LimitExceeded(
-                f"the request needs at least {job.declared_items} model items (documents and their chunks, each "
-                f"with the query), over the limit of {limits.max_request_items} (RERANK_MAX_REQUEST_ITEMS); "
-                "send fewer documents or fewer chunks per document",
-                field="documents",
+                f"the request needs at least {job.declared_items} model items ({job.field} and their chunks, each "
+                f"with the query for a reranker), over the limit of {limits.max_request_items} "
+                f"(RERANK_MAX_REQUEST_ITEMS); send fewer {job.field} or fewer chunks per document",
+                field=job.field,
             )
         if limits.max_request_tokens is not None and job.declared_tokens > limits.max_request_tokens:
             raise LimitExceeded(
                 f"the request needs at least {job.declared_tokens} tokens, over the limit of "
                 f"{limits.max_request_tokens} (RERANK_MAX_REQUEST_TOKENS)",
-                field="documents",
+                field=job.field,
             )
         self._charge(job, max(job.charged_items, job.declared_items), job.declared_tokens)
 

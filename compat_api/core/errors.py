@@ -24,6 +24,10 @@ class LimitExceeded(InvalidInput):
     """A request is larger than a configured limit (documents, characters, tokens, bytes)."""
 
 
+class WrongFamily(InvalidInput):
+    """The request names a model of the other family (a reranker on an embedding route, or the reverse)."""
+
+
 class ModelNotFound(CoreError):
     """The requested model name is not served here."""
 

@@ -21,21 +21,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from compat_api.core.cache import ScoreCache
 from compat_api.core.engine import BatchEngine, BatchStats, Limits
-from compat_api.core.errors import CoreError, ModelLoadError, ModelNotFound, ModelNotReady
+from compat_api.core.errors import CoreError, ModelLoadError, ModelNotFound, ModelNotReady, WrongFamily
 from compat_api.core.fingerprint import code_fingerprint, fingerprint
 from compat_api.core.kinds import Kind, detect_kind
 from compat_api.core.models.base import ModelInfo, Scorer, check_model_dir, resolve_device
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
-from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.embedder import Embedder
 from compat_api.core.models.llm import FlagLLMScorer
 from compat_api.core.models.runtime import Runtime
 from compat_api.core.text import clip
 from compat_api.settings import Settings
 
 BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2-embedding-cosine"
+
+# What a model does for the routes: rerank (cross-encoders, LLM rerankers) or embedding.
+Family = Literal["rerank", "embedding"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,10 @@ class ServedModel:
         return name == self.spec.name or name in self.aliases
 
     @property
+    def family(self) -> Family:
+        return "embedding" if self.info.kind == "embedding" else "rerank"
+
+    @property
     def info(self) -> ModelInfo:
         return self.engine.scorer.info
 
@@ -102,6 +110,9 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.name.startswith(".") and (child / "config.json").is_file():
                 specs.append(ModelSpec(child.name, str(child), kind))
+    if settings.embedding_model_path:
+        path = settings.embedding_model_path
+        specs.append(ModelSpec(settings.embedding_model_name or _dir_name(path), path, "embedding"))
     if not specs:
         specs.append(ModelSpec(settings.model_name or BUNDLED_MODEL_NAME, bundled_model_path(), "embedding", True))
     names = [s.name for s in specs]
@@ -139,7 +150,7 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
     if kind in ("llm", "llm-layerwise", "llm-lightweight"):
         return FlagLLMScorer(spec.path, name=spec.name, kind=kind, max_length=settings.max_length, runtime=runtime,
                              cutoff_layer=settings.llm_cutoff_layer)  # fmt: skip
-    family = EmbeddingScorer if kind == "embedding" else CrossEncoderScorer
+    family = Embedder if kind == "embedding" else CrossEncoderScorer
     return family(spec.path, name=spec.name, max_length=settings.max_length, runtime=runtime)
 
 
@@ -222,8 +233,10 @@ class ModelRegistry:
     def load(self) -> None:
         """Load and build engines for every configured model (blocking; call off the event loop)."""
         specs = model_specs(self.settings)
-        aliases = tuple(self.settings.aliases) if len(specs) == 1 else ()
-        if self.settings.aliases and len(specs) > 1:
+        # aliases name the one model besides the embedding model's own setting
+        primary = len(specs) - (1 if self.settings.embedding_model_path else 0)
+        aliases = tuple(self.settings.aliases) if primary == 1 else ()
+        if self.settings.aliases and primary > 1:
             log.warning("RERANK_MODEL_ALIASES applies to a single served model; with %d models it is ignored",
                         len(specs))  # fmt: skip
         for spec in specs:
@@ -236,7 +249,8 @@ class ModelRegistry:
             info = scorer.info
             log.info("loaded model %r (%s, %s, %s, %s) in %.1fs", info.name, info.kind, info.device, info.dtype,
                      info.backend, info.load_seconds)  # fmt: skip
-            self._models[spec.name] = ServedModel(spec, self._engine(scorer), aliases, fingerprint=version, code=code)
+            own = aliases if spec is specs[0] else ()
+            self._models[spec.name] = ServedModel(spec, self._engine(scorer), own, fingerprint=version, code=code)
 
     def warm_up(self) -> None:
         for served in self._models.values():
@@ -263,13 +277,71 @@ class ModelRegistry:
     def models(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    def get(self, name: str | None = None) -> ServedModel:
-        """The model a request asks for; with one model served, every name resolves to it."""
+    def _of(self, family: Family) -> list[ServedModel]:
         if not self._models:
             raise ModelNotReady("no model is loaded yet")
-        if len(self._models) == 1 or name is None:
-            return next(iter(self._models.values()))  # the first configured model is the default
-        return self.find(name)
+        return [m for m in self._models.values() if m.family == family]
+
+    def reranker(self, name: str | None = None) -> ServedModel:
+        """The model a rerank route asks for: a reranker (an embedding model reranks by cosine
+        only where no reranker is served). Absent name: the first; with one candidate, any name."""
+        candidates = self._of("rerank") or self._of("embedding")
+        return self._resolve(candidates, name, "rerank", unknown_is_default=len(candidates) == 1)
+
+    def embedder(self, name: str | None = None) -> ServedModel:
+        """The model an embedding route asks for: absent or unknown names get the default
+        embedding model (clients send text-embedding-ada-002, default/not-specified, Jina's names)."""
+        candidates = self._of("embedding")
+        if not candidates:
+            raise ModelNotFound(
+                "no embedding model is served here (only rerankers: "
+                f"{', '.join(sorted(self._models))}); set RERANK_EMBEDDING_MODEL_PATH to serve one",
+                field="model",
+            )
+        return self._resolve(candidates, name, "embedding", unknown_is_default=True)
+
+    def _resolve(self, candidates: list[ServedModel], name: str | None, route: str,
+                 *, unknown_is_default: bool) -> ServedModel:  # fmt: skip
+        if name is None:
+            return candidates[0]  # the first configured model of the family is its default
+        named = next((m for m in self._models.values() if m.answers_to(name)), None)
+        if named is None:
+            if unknown_is_default:
+                return candidates[0]
+            return self.find(name)  # the 404 that lists what is served
+        if named not in candidates:
+            what = "an embedding model" if named.family == "embedding" else "a reranker"
+            served = ", ".join(m.spec.name for m in candidates)
+            raise WrongFamily(
+                f"model {clip(name)!r} is {what}; the {route} routes serve {served}",
+                field="model",
+            )
+        return named
+
+    def roles(self, served: ServedModel) -> list[Family]:
+        """What a model serves: its family, and reranking (by cosine) for an embedding model where
+        no reranker is served."""
+        if served.family == "embedding" and not self._of("rerank"):
+            return ["embedding", "rerank"]
+        return [served.family]
+
+    def describe(self, name: str) -> tuple[ServedModel, Family]:
+        """The model `GET /v1/models/{id}` describes, and in which role: by name or alias; an unknown
+        id by its family (a name with "rerank" in it asks for a reranker, any other for an embedding
+        model) when that family has one model; with one model served, any id."""
+        asked: Family = "rerank" if "rerank" in name.lower() else "embedding"
+        served = next((m for m in self._models.values() if m.answers_to(name)), None)
+        if served is None:
+            candidates = [m for m in self._models.values() if asked in self.roles(m)]
+            if len(candidates) == 1:
+                served = candidates[0]
+            elif len(self._models) == 1:
+                served = next(iter(self._models.values()))
+            else:
+                self.find(name)  # the 404 that lists what is served
+                raise AssertionError("unreachable")
+        roles = self.roles(served)
+        return served, asked if asked in roles else roles[0]
 
     def find(self, name: str) -> ServedModel:
         """The model with exactly this name or alias."""

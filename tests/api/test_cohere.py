@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from compat_api.api.cohere import CohereRerankResponse
+from compat_api.api.rerank.cohere import CohereRerankResponse
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "berlin is the capital of germany", "cats", "how do i bake bread"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from compat_api.api.cohere import CohereRerankResponse
+from compat_api.api.rerank.cohere import CohereRerankResponse
 
 QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "cats", "berlin is the capital of germany"]

@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from compat_api.api.app import create_app
-from compat_api.api.cohere import CohereRerankResponse
 from compat_api.api.errors import ErrorBody
+from compat_api.api.rerank.cohere import CohereRerankResponse
 from compat_api.core.engine import BatchEngine
 from compat_api.core.models.base import Item
 from tests.conftest import make_settings

@@ -114,7 +114,7 @@ def test_a_bug_is_a_json_500_with_the_request_id_logged_once(
         def broken(name: str | None = None) -> None:
             raise RuntimeError("a bug")
 
-        registry.get = broken
+        registry.reranker = broken
         caplog.handler.addFilter(RequestIdFilter())  # as the server's own handler stamps records
         with caplog.at_level(logging.ERROR):
             for path, body in (("/v1/rerank", {"query": "q", "documents": ["a"]}),

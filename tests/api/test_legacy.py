@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from compat_api.api.legacy import SEED_EXAMPLE, LegacyRerankResponse
+from compat_api.api.rerank.legacy import SEED_EXAMPLE, LegacyRerankResponse
 
 
 def test_seed_example_returns_three_scores_in_input_order(tiny_client: TestClient) -> None:

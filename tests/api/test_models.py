@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from compat_api.api.app import create_app
-from compat_api.api.cohere import CohereRerankResponse
 from compat_api.api.errors import ErrorBody
 from compat_api.api.models import ModelCard, ModelList
+from compat_api.api.rerank.cohere import CohereRerankResponse
 from tests.conftest import make_settings
 
 
@@ -40,11 +40,17 @@ def test_get_by_name_or_alias_says_rerank(named_client: TestClient, name: str) -
     assert card.model_type == "rerank" and card.id == "bge-reranker-v2-m3"
 
 
-def test_unknown_model_id_is_a_404_json_error(named_client: TestClient) -> None:
-    response = named_client.get("/v1/models/gpt-4")
+def test_any_uid_describes_the_only_reranker(named_client: TestClient) -> None:
+    """Dify's Xinference provider checks the UID the user typed: with one reranker, any UID is it."""
+    card = ModelCard.model_validate(named_client.get("/v1/models/my-xinference-uid").json())
+    assert card.model_type == "rerank" and card.id == "bge-reranker-v2-m3"
+
+
+def test_unknown_model_id_among_several_is_a_404_json_error(two_models: TestClient) -> None:
+    response = two_models.get("/v1/models/gpt-4")
     assert response.status_code == 404
     body = ErrorBody.model_validate(response.json())
-    assert "gpt-4" in body.message and "bge-reranker-v2-m3" in body.message
+    assert "gpt-4" in body.message and "alpha" in body.message and "beta" in body.message
 
 
 def test_rerank_accepts_any_model_name_and_reports_the_served_one(named_client: TestClient) -> None:

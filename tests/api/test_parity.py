@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
-from compat_api.api.cohere import CohereRerankResponse
-from compat_api.api.legacy import LegacyRerankResponse
-from compat_api.api.tei import TeiRank
+from compat_api.api.rerank.cohere import CohereRerankResponse
+from compat_api.api.rerank.legacy import LegacyRerankResponse
+from compat_api.api.rerank.tei import TeiRank
 
 QUERY = "什么是函数计算"
 DOCS = ["你好", "函数计算是阿里云Serverless计算服务，提供专业的Serverless架构服务托管", "今天天气怎么样",

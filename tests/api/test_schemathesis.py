@@ -20,8 +20,10 @@ EXAMPLES = os.environ.get("RERANK_FUZZ_EXAMPLES", "20")
 
 
 @pytest.mark.parametrize("api_key", [None, "fuzz-key"])
-def test_every_route_answers_as_documented(tiny_reranker_dir: Path, api_key: str | None, tmp_path: Path) -> None:
-    args = ["--model-path", str(tiny_reranker_dir), "--max-length", "64", "--log-level", "warning"]
+def test_every_route_answers_as_documented(tiny_reranker_dir: Path, tiny_embedder_dir: Path, api_key: str | None,
+                                           tmp_path: Path) -> None:  # fmt: skip
+    args = ["--model-path", str(tiny_reranker_dir), "--embedding-model-path", str(tiny_embedder_dir),
+            "--max-length", "64", "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "RERANK_API_KEYS": api_key or ""}
     with serving(args, env=env) as url:
         config = Path(__file__).resolve().parent.parent / "schemathesis.toml"

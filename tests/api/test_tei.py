@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 
 from compat_api.api.app import create_app
 from compat_api.api.errors import TeiErrorBody
-from compat_api.api.tei import TeiInfo, TeiRank
+from compat_api.api.rerank.tei import TeiInfo, TeiRank
 from compat_api.core.ranking import sigmoid
 from tests.conftest import make_settings
 

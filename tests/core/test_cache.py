@@ -11,7 +11,7 @@ from compat_api.core.cache import ENTRY_BYTES, CachedScore, ScoreCache
 from compat_api.core.engine import BatchEngine
 from compat_api.core.models.base import DEFAULT_OPTIONS, EncodeOptions
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
-from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.embedder import Embedder
 from compat_api.core.registry import bundled_model_path
 from compat_api.core.rerank import score_cached
 
@@ -63,7 +63,7 @@ def test_repeated_pairs_skip_the_model(tiny_reranker_dir: Path) -> None:
 
 def test_usage_is_the_same_whether_documents_came_from_the_cache_or_not() -> None:
     """An embedding model bills its query once per request: cached documents must not drop it."""
-    scorer = EmbeddingScorer(bundled_model_path(), name="bundled", max_length=256)
+    scorer = Embedder(bundled_model_path(), name="bundled", max_length=256)
 
     async def run() -> list[int]:
         engine = BatchEngine(scorer, max_batch_tokens=4096, max_batch_size=32, cache=ScoreCache(1 << 20))
@@ -81,7 +81,7 @@ def test_usage_is_the_same_whether_documents_came_from_the_cache_or_not() -> Non
     assert first == uncached
 
 
-async def _uncached(scorer: EmbeddingScorer) -> int:
+async def _uncached(scorer: Embedder) -> int:
     engine = BatchEngine(scorer, max_batch_tokens=4096, max_batch_size=32)
     engine.start()
     result = await score_cached(engine, "a query of some words", ["alpha beta", "gamma"], DEFAULT_OPTIONS)

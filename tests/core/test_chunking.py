@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 
 from compat_api.core.models.base import EncodeOptions, cut, fit_document
-from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.embedder import Embedder
 from compat_api.core.ranking import Normalization, normalize
 from compat_api.core.registry import bundled_model_path
 
@@ -54,11 +54,11 @@ OTHERS = ["Berlin is a large city in Germany with many museums.", "The Amazon is
 
 
 @pytest.fixture(scope="module")
-def bundled() -> EmbeddingScorer:
-    return EmbeddingScorer(bundled_model_path(), name="bundled", max_length=512)
+def bundled() -> Embedder:
+    return Embedder(bundled_model_path(), name="bundled", max_length=512)
 
 
-def test_chunking_finds_a_relevant_passage_buried_at_the_end(bundled: EmbeddingScorer) -> None:
+def test_chunking_finds_a_relevant_passage_buried_at_the_end(bundled: Embedder) -> None:
     docs = [BURIED, *OTHERS]
     chunked = normalize(bundled.score(QUERY, docs, EncodeOptions(mode="chunk", max_chunks=10, overlap=32)),
                         Normalization.COSINE)  # fmt: skip
@@ -70,7 +70,7 @@ def test_chunking_finds_a_relevant_passage_buried_at_the_end(bundled: EmbeddingS
     assert encoding.doc_tokens[0] > 256
 
 
-def test_no_length_causes_an_error(bundled: EmbeddingScorer) -> None:
+def test_no_length_causes_an_error(bundled: Embedder) -> None:
     huge = "x" * 100_000 + " " + "word " * 50_000
     for options in (EncodeOptions(), EncodeOptions(mode="chunk", max_chunks=3), EncodeOptions(truncate_left=True)):
         assert len(bundled.score(QUERY, [huge, ""], options)) == 2

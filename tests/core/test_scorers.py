@@ -8,7 +8,7 @@ import pytest
 
 from compat_api.core.errors import ModelLoadError
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
-from compat_api.core.models.embedder import EmbeddingScorer
+from compat_api.core.models.embedder import Embedder
 from compat_api.core.models.runtime import Runtime
 from compat_api.core.ranking import Normalization, normalize
 from compat_api.core.registry import bundled_model_path
@@ -99,12 +99,12 @@ def test_bundled_model_ranks_the_relevant_english_document_first(query: str, doc
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
-_BUNDLED: list[EmbeddingScorer] = []
+_BUNDLED: list[Embedder] = []
 
 
-def _bundled() -> EmbeddingScorer:
+def _bundled() -> Embedder:
     if not _BUNDLED:
-        _BUNDLED.append(EmbeddingScorer(bundled_model_path(), name="bundled", max_length=512))
+        _BUNDLED.append(Embedder(bundled_model_path(), name="bundled", max_length=512))
     return _BUNDLED[0]
 
 
@@ -135,7 +135,7 @@ def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path
 
 
 def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
-    int8 = EmbeddingScorer(bundled_model_path(), name="b8", max_length=512, runtime=Runtime(backend="int8"))
+    int8 = Embedder(bundled_model_path(), name="b8", max_length=512, runtime=Runtime(backend="int8"))
     assert (int8.info.dtype, int8.info.backend) == ("int8", "int8")
     for query, docs, best in ENGLISH_SETS:
         fp32 = normalize(_bundled().score(query, docs), Normalization.COSINE)

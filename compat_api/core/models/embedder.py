@@ -1,8 +1,15 @@
-"""The embedding family: a sentence-embedding model (all-MiniLM-L6-v2, bge-m3) pooled into vectors.
+"""The embedding family: a sentence-embedding model (bge-m3, bge-*-v1.5, all-MiniLM-L6-v2) pooled into vectors.
 
-Used as a reranker it scores a document by the cosine similarity of its L2-normalized vector
-with the query's (mapped to [0, 1] by the rerank use case). Pooling is mean over the attention
-mask, as all-MiniLM-L6-v2's sentence-transformers configuration says.
+This is the one place where a vector is pooled. The pooling is the model's own, decided as
+FlagEmbedding decides it: a sentence-transformers directory says it in `modules.json` and
+`1_Pooling/config.json` (mean for all-MiniLM-L6-v2, CLS for bge-m3); a plain directory gets
+FlagEmbedding's default, CLS (every bge embedder). The model is loaded as FlagEmbedding's
+`FlagModel` loads it (`AutoModel.from_pretrained`, fp32 on the CPU), and each text is tokenized
+as `FlagModel.encode` tokenizes it (truncated to the window), so vectors equal `encode`'s; the
+engine batches texts of different requests together instead of `encode`'s own loop.
+
+The same vectors serve two use cases: embeddings (core/embed.py normalizes and cuts them) and
+reranking by cosine similarity (`steps`/`finish` below), for a server whose only model embeds.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from compat_api.core.errors import ModelLoadError
 from compat_api.core.models.base import (
@@ -37,15 +46,51 @@ from compat_api.core.ranking import Normalization
 
 log = logging.getLogger(__name__)
 
+Pooling = Literal["cls", "mean"]
 
-class EmbeddingScorer(Scorer):
-    """An embedding model: mean-pooled, L2-normalized embeddings compared by cosine similarity."""
+
+def detect_pooling(path: str | Path) -> Pooling:
+    """The model's pooling: its sentence-transformers Pooling module if it has one, else CLS."""
+    directory = Path(path)
+    modules_file = directory / "modules.json"
+    if not modules_file.is_file():
+        return "cls"
+    try:
+        modules = json.loads(modules_file.read_text())
+        pooling_dir = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+        if pooling_dir is None:
+            return "cls"
+        config = json.loads((directory / pooling_dir / "config.json").read_text())
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise ModelLoadError(f"cannot read the pooling configuration of {path}: {exc}") from exc
+    modes = sorted(key for key, on in config.items() if key.startswith("pooling_mode_") and on is True)
+    if modes == ["pooling_mode_cls_token"]:
+        return "cls"
+    if modes == ["pooling_mode_mean_tokens"]:
+        return "mean"
+    raise ModelLoadError(
+        f"{path} pools with {modes or 'nothing'}; served poolings are CLS and mean (those of FlagEmbedding's FlagModel)"
+    )
+
+
+def pool(hidden: Any, mask: Any, method: Pooling) -> Any:
+    """FlagEmbedding's pooling of a batch's last hidden state, in fp32."""
+    hidden = hidden.float()
+    if method == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).float()
+    return (hidden * weights).sum(dim=1) / mask.sum(dim=1, keepdim=True).float()
+
+
+class Embedder(Scorer):
+    """An embedding model: one pooled fp32 vector per text; cosine similarity when it reranks."""
 
     def __init__(self, path: str, *, name: str, max_length: int, runtime: Runtime | None = None) -> None:
         runtime = runtime or Runtime()
         started = time.perf_counter()
         log.info("loading embedding model from %s (%s)", path, runtime)
         check_model_dir(path)
+        self.pooling = detect_pooling(path)
         try:
             from transformers import AutoModel, AutoTokenizer
 
@@ -55,6 +100,7 @@ class EmbeddingScorer(Scorer):
             raise ModelLoadError(f"cannot load embedding model from {path}: {exc}") from exc
         self._device = runtime.device
         self._max_length = min(max_length, _embedding_window(path, loaded), model_window(self.tokenizer, loaded.config))
+        self.dimensions = int(getattr(loaded.config, "hidden_size", 0) or 0)
         bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         full = self.tokenizer("a")["input_ids"]
         at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
@@ -73,11 +119,13 @@ class EmbeddingScorer(Scorer):
             normalization=Normalization.COSINE,
             backend=runtime.backend,
             load_seconds=time.perf_counter() - started,
-            extra={"architecture": type(loaded).__name__},
+            extra={"architecture": type(loaded).__name__, "pooling": self.pooling, "dimensions": self.dimensions},
         )
 
     def _probe(self) -> dict[str, Any]:
-        items = self._texts(["what is function compute", "a"])
+        """A batch with no padding: hidden states at padded positions are never used (pooling
+        masks them) and a lossy export may differ there by any amount."""
+        items = self._texts(["what is function compute"] * 2)
         return pad_batch(items, self._pad_id, "cpu")
 
     def _texts(self, texts: list[str]) -> list[Item]:
@@ -91,6 +139,38 @@ class EmbeddingScorer(Scorer):
         if self._type_ids:
             features["token_type_ids"] = [0] * len(full)
         return Item(len(full), features)
+
+    def token_count(self, text: str) -> int:
+        """The tokens the model reads for a text (with its special tokens, within the window)."""
+        return len(self._texts([text])[0].features["input_ids"])
+
+    # ------------------------------------------------------------------ embeddings
+
+    def embed_steps(self, texts: Sequence[str], encoding: Encoding) -> Iterator[Step]:
+        """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the window."""
+        for start, stop in document_slices(texts):
+            items = self._texts(list(texts[start:stop]))
+            yield Cost(len(items), sum(i.length for i in items))
+            encoding.bill(range(start, stop), items)
+            yield items
+
+    def forward(self, items: Sequence[Item]) -> list[Any]:
+        """One pooled fp32 vector (not normalized) per item."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = pad_batch(items, self._pad_id, self._device)
+            hidden = self.model(**inputs).last_hidden_state
+            pooled = pool(hidden, inputs["attention_mask"], self.pooling)
+            return list(pooled.cpu().numpy())
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Pooled vectors of texts, synchronously (tests, benchmarks, the raw ceiling)."""
+        encoding = Encoding(len(texts))
+        items = [item for step in self.embed_steps(texts, encoding) if not isinstance(step, Cost) for item in step]
+        return np.stack(self.forward(items))
+
+    # ------------------------------------------------------------------ reranking by cosine
 
     def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
         [query_item] = self._texts([query])
@@ -116,20 +196,11 @@ class EmbeddingScorer(Scorer):
                 encoding.bill(owners[i : i + ITEMS_PER_STEP], items)
                 yield items
 
-    def forward(self, items: Sequence[Item]) -> list[Any]:
-        import torch
-
-        with torch.inference_mode():
-            inputs = pad_batch(items, self._pad_id, self._device)
-            hidden = self.model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            unit = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-            return list(unit.cpu().unbind(0))
-
     def finish(self, encoding: Encoding, outputs: Sequence[Any]) -> list[float]:
-        query, pieces = outputs[0], outputs[encoding.query_items :]
-        return best_per_document(encoding, [float((query * piece).sum()) for piece in pieces])
+        vectors = np.stack(list(outputs)).astype(np.float32)
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
+        query, pieces = unit[0], unit[encoding.query_items :]
+        return best_per_document(encoding, [float(np.dot(query, piece)) for piece in pieces])
 
 
 def _embedding_window(path: str, model: Any) -> int:

@@ -87,7 +87,7 @@ class TeiInfo(BaseModel):
 @router.get("/info", response_model=TeiInfo)
 async def info(registry: Registry) -> TeiInfo:
     """Model and limits, in TEI's shape."""
-    served = registry.get(None)
+    served = registry.reranker(None)
     settings = registry.settings
     return TeiInfo(
         model_id=served.info.name,

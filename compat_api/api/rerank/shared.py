@@ -12,7 +12,6 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import Discriminator, Tag
 
-from compat_api.api import cohere, legacy, tei
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import (
@@ -26,6 +25,7 @@ from compat_api.api.errors import (
     TeiErrorBody,
     set_dialect,
 )
+from compat_api.api.rerank import cohere, legacy, tei
 
 router = APIRouter(tags=["rerank (all dialects)"], dependencies=API_KEY, responses=UNAUTHORIZED)
 

@@ -1,0 +1,1 @@
+"""The embedding feature: one module per dialect (OpenAI-shaped, the original embedding template)."""

@@ -1,0 +1,105 @@
+"""The embedding use case every embedding dialect calls: check limits, embed in the engine,
+normalize, cut to the requested dimensions, count usage. One model version serves a request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded
+from compat_api.core.models.base import Encoding
+from compat_api.core.models.embedder import Embedder
+from compat_api.core.registry import ModelRegistry
+from compat_api.core.text import utf8_safe
+
+
+@dataclass(frozen=True)
+class EmbedQuery:
+    """What every embedding dialect asks of the core.
+
+    `dimensions` None or 0 (or the model's size) is the full vector; k keeps the first k values,
+    renormalized (Matryoshka truncation, as TEI and FlagEmbedding's `truncate_dim` do).
+    `field` is the name the dialect gives its input list, used in error messages.
+    """
+
+    inputs: Sequence[str]
+    model: str | None = None
+    dimensions: int | None = None
+    normalize: bool = True
+    field: str = "input"
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """One float32 vector per input, in input order, and the tokens the model read."""
+
+    model: str
+    vectors: np.ndarray
+    tokens: int
+
+
+def check_inputs(request: EmbedQuery, max_inputs: int, max_chars: int) -> None:
+    """Count, emptiness and length of the inputs, before any tokenization."""
+    field = request.field
+    if not request.inputs:
+        raise EmptyInput(f"{field} must not be empty", field=field)
+    if len(request.inputs) > max_inputs:
+        raise LimitExceeded(
+            f"{len(request.inputs)} inputs exceed the limit of {max_inputs} per request (RERANK_MAX_DOCUMENTS)",
+            field=field,
+        )
+    for i, text in enumerate(request.inputs):
+        where = f"{field}[{i}]" if len(request.inputs) > 1 or field != "input" else field
+        if not text:
+            raise EmptyInput(f"{where} is an empty string; every input needs at least one character", field=where)
+        if len(text) > max_chars:
+            raise LimitExceeded(
+                f"{where}: {len(text)} characters exceed the limit of {max_chars} (RERANK_MAX_DOCUMENT_CHARS)",
+                field=where,
+            )
+
+
+def check_dimensions(dimensions: int | None, size: int) -> None:
+    """`dimensions` must be 0 (or None: all) up to the model's size."""
+    if dimensions is not None and dimensions < 0:
+        raise InvalidInput(f"dimensions must be 0 or more, not {dimensions}", field="dimensions")
+    if dimensions and dimensions > size:
+        raise InvalidInput(
+            f"dimensions should be smaller than or equal to the model's size {size}, not {dimensions}",
+            field="dimensions",
+        )
+
+
+def shape(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Cut to `dimensions` (0/None: all) and L2-normalize each row (when asked)."""
+    if dimensions:
+        vectors = vectors[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, np.float32(1e-12))
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
+    """Embed each input with the embedding model the request resolves to."""
+    settings = registry.settings
+    check_inputs(request, settings.max_documents, settings.max_document_chars)
+    served = registry.embedder(request.model)
+    engine = served.engine  # this version serves the whole request
+    model = engine.scorer
+    assert isinstance(model, Embedder)
+    check_dimensions(request.dimensions, model.dimensions)
+    texts = [utf8_safe(text) for text in request.inputs]
+    encoding = Encoding(len(texts))
+    outputs = await engine.run(model.embed_steps(texts, encoding), estimate=len(texts), field=request.field)
+    vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
+    return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)
+
+
+def pairwise(vectors: np.ndarray) -> list[tuple[int, int, float]]:
+    """Cosine similarity of every pair i < j of unit vectors, in order."""
+    similarity = vectors @ vectors.T
+    n = len(vectors)
+    return [(i, j, float(similarity[i, j])) for i in range(n) for j in range(i + 1, n)]
