@@ -4,6 +4,8 @@ dimensions, usage, model resolution, discovery, parity across routes and bad inp
 from __future__ import annotations
 
 import base64
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,3 +192,30 @@ def test_bad_input_on_the_templates_routes_is_a_4xx(stack_client: TestClient, pa
     response = stack_client.post(path, json=body)
     assert 400 <= response.status_code < 500
     assert ErrorBody.model_validate(response.json()).field == "input"
+
+
+def test_the_embedding_model_hot_swaps_and_reports_its_health(
+    tiny_reranker_dir: Path, tiny_embedder_dir: Path, tmp_path: Path
+) -> None:
+    from compat_api.api.app import create_app
+    from compat_api.api.health import HealthResponse
+    from tests.conftest import make_settings
+    from tests.tiny_models import build_tiny_xlmr_embedder
+
+    served = tmp_path / "bge-m3"
+    shutil.copytree(tiny_embedder_dir, served)
+    settings = make_settings(model_path=str(tiny_reranker_dir), embedding_model_path=str(served),
+                             reload_interval=0, admin_key="adm")  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        health = HealthResponse.model_validate(client.get("/health").json())
+        assert health.models is not None
+        assert [(m.name, m.kind, m.ready) for m in health.models] == [
+            ("tiny-bge-reranker", "cross-encoder", True), ("bge-m3", "embedding", True)]  # fmt: skip
+        before = vectors(post(client, {"input": TEXTS}))
+        build_tiny_xlmr_embedder(tmp_path / "v2", seed=7)
+        shutil.copy(tmp_path / "v2" / "model.safetensors", served / "model.safetensors")
+        reloaded = client.post("/admin/models/bge-m3/reload", headers={"Authorization": "Bearer adm"})
+        assert reloaded.status_code == 200, reloaded.text
+        after = vectors(post(client, {"input": TEXTS}))
+        assert after.shape == before.shape and not np.allclose(after, before, atol=1e-3)
+        assert len(vectors(post(client, {"input": TEXTS}, "/embeddings"))) == 3

@@ -35,7 +35,7 @@ def batches(client: TestClient) -> int:
         ({"query": MARK * 10, "documents": ["a"]}, "query", "120 characters exceed the limit of 50"),
         ({"query": "q", "documents": ["a", MARK * 30]}, "documents[1]", "360 characters exceed the limit of 300"),
         ({"query": "q", "documents": [MARK] * 6}, "documents", "documents: 6 items exceed the limit of 5"),
-        ({"query": "q", "documents": [MARK + "x " * 140] * 2}, "documents", "over the limit of 200"),
+        ({"query": "q", "documents": [MARK + "x " * 140, MARK + "y " * 140]}, "documents", "over the limit of 200"),
     ],
 )
 def test_over_a_limit_is_413_naming_it_without_echoing(

@@ -102,33 +102,30 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): emulated bf16 is slower than fp32."""
+def _cpu_has(probes: tuple[str, ...], flags: tuple[str, ...]) -> bool:
+    """Whether torch's CPU probes (`torch.cpu._is_<probe>_supported`) say yes to any of `probes`;
+    with an older torch that lacks them, whether /proc/cpuinfo lists any of `flags`."""
     import torch
 
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # an older torch: read the CPU's flags
+        return any(bool(getattr(torch.cpu, f"_is_{probe}_supported")()) for probe in probes)
+    except AttributeError:
         try:
-            flags = Path("/proc/cpuinfo").read_text()
+            listed = Path("/proc/cpuinfo").read_text()
         except OSError:
             return False
-        return " avx512_bf16" in flags or " amx_bf16" in flags
+        return any(f" {flag}" in listed for flag in flags)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): emulated bf16 is slower than fp32."""
+    return _cpu_has(("avx512_bf16", "amx_tile"), ("avx512_bf16", "amx_bf16"))
 
 
 def native_int8_dot() -> bool:
     """Whether this CPU has int8 dot-product instructions (VNNI, AMX-INT8). Without them, ONNX
     Runtime's int8 kernels multiply with 16-bit saturating sums, so weights need 7 bits."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # an older torch: read the CPU's flags
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return _cpu_has(("vnni", "amx_tile"), ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def require_native_bf16() -> None:
