@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     embedding_model_name: str | None = Field(
         None, description="Served name of the embedding model (default: its directory name)."
     )
+    embedding_query_instruction: str = Field(
+        "",
+        description=(
+            "Prefix for queries (Cohere input_type search_query), e.g. 'Represent this sentence for searching "
+            "relevant passages: ' for bge-*-v1.5; empty: none (bge-m3 needs none)."
+        ),
+    )
     models: str = Field(
         "", description="More models, as comma-separated name=path entries (e.g. m3=/mnt/auto/m3,base=/mnt/auto/base)."
     )

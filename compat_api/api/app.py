@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from compat_api import __version__
 from compat_api.api import admin, health, models
 from compat_api.api.auth import ApiKeyMiddleware
+from compat_api.api.embed import cohere as cohere_embed
 from compat_api.api.embed import openai, sibling
 from compat_api.api.errors import install_error_handlers
 from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
@@ -38,6 +39,7 @@ Rerank and embedding API server (BAAI/bge-reranker-v2-m3, bge-m3 and friends).
 * `POST /v1/embeddings` (also `/embeddings`) — OpenAI / Jina / LocalAI / infinity: `{input, model,
   encoding_format, dimensions}`; `input` may be cl100k_base token arrays
 * `POST /embedding`, `POST /similarity` — the original embedding template: `{input}`
+* `POST /v1/embed`, `/v2/embed`, `/v1/tokenize`, `/v1/detokenize` — Cohere: `{texts, input_type, embedding_types}`
 * `GET /info` (TEI), `GET /v1/models`, `GET /v1/models/{id}` (OpenAI / Xinference)
 
 With `RERANK_API_KEYS` set, use the Authorize button (Bearer key).
@@ -53,27 +55,34 @@ def provision_or_fail(settings: Settings) -> None:
         raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
 
 
-def _publish_limits(node: Any, settings: Settings, dimensions: int | None) -> None:
-    """Turn the wire models' `x-limit` markers into this server's limits: `documents` into
-    `maxItems`, `dimensions` into the embedding model's size as `maximum`."""
+def _publish_limits(node: Any, limits: dict[str, tuple[str, int]]) -> None:
+    """Turn the wire models' `x-limit` markers into this server's limits (`documents`: `maxItems`;
+    `dimensions` and `token_id`: the served embedding models' `maximum`)."""
     if isinstance(node, dict):
-        limit = node.pop("x-limit", None)
-        if limit == "documents":
-            node["maxItems"] = settings.max_documents
-        elif limit == "dimensions" and dimensions:
-            node["maximum"] = dimensions
+        marker = node.pop("x-limit", None)
+        if marker in limits:
+            keyword, value = limits[marker]
+            node[keyword] = value
         for value in node.values():
-            _publish_limits(value, settings, dimensions)
+            _publish_limits(value, limits)
     elif isinstance(node, list):
         for value in node:
-            _publish_limits(value, settings, dimensions)
+            _publish_limits(value, limits)
 
 
-def _dimensions(app: FastAPI) -> int | None:
-    """The smallest vector size of the served embedding models (what any `dimensions` may ask)."""
+def _limits(app: FastAPI, settings: Settings) -> dict[str, tuple[str, int]]:
+    """The limits the OpenAPI document states: documents per request, and what every served
+    embedding model takes (the smallest vector size and vocabulary)."""
+    limits = {"documents": ("maxItems", settings.max_documents)}
     registry = getattr(app.state, "registry", None)
-    sizes = [int(m.info.extra.get("dimensions", 0)) for m in registry.models] if registry is not None else []
-    return min((size for size in sizes if size), default=None)
+    embedders = [m.engine.scorer for m in registry.models if m.family == "embedding"] if registry is not None else []
+    sizes = [int(getattr(e, "dimensions", 0)) for e in embedders]
+    vocabularies = [int(getattr(e, "vocabulary_size", 0)) for e in embedders]
+    if sizes and min(sizes) > 0:
+        limits["dimensions"] = ("maximum", min(sizes))
+    if vocabularies and min(vocabularies) > 0:
+        limits["token_id"] = ("maximum", min(vocabularies) - 1)
+    return limits
 
 
 def publish_security_only_when_required(app: FastAPI, settings: Settings) -> None:
@@ -84,7 +93,7 @@ def publish_security_only_when_required(app: FastAPI, settings: Settings) -> Non
 
     def openapi() -> dict[str, Any]:
         schema = generate()
-        _publish_limits(schema, settings, _dimensions(app))
+        _publish_limits(schema, _limits(app, settings))
         unused = {"apiKey"} if not settings.api_key_list else set()
         unused |= {"adminKey"} if not settings.admin_key else set()
         for operations in schema.get("paths", {}).values():
@@ -171,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tei.router)
     app.include_router(openai.router)
     app.include_router(sibling.router)
+    app.include_router(cohere_embed.router)
     app.include_router(models.router)
     app.include_router(models.public)
     app.include_router(admin.router)

@@ -3,6 +3,7 @@ normalize, cut to the requested dimensions, count usage. One model version serve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class EmbedQuery:
     dimensions: int | None = None
     normalize: bool = True
     field: str = "input"
+    query: bool = False  # queries get the model's query instruction (RERANK_EMBEDDING_QUERY_INSTRUCTION), if any
+    max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,11 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     model = engine.scorer
     assert isinstance(model, Embedder)
     check_dimensions(request.dimensions, model.dimensions)
-    texts = [utf8_safe(text) for text in request.inputs]
+    instruction = settings.embedding_query_instruction if request.query else ""
+    texts = [instruction + utf8_safe(text) for text in request.inputs]
     encoding = Encoding(len(texts))
-    outputs = await engine.run(model.embed_steps(texts, encoding), estimate=len(texts), field=request.field)
+    steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens)
+    outputs = await engine.run(steps, estimate=len(texts), field=request.field)
     vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
     return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)
 
@@ -103,3 +108,63 @@ def pairwise(vectors: np.ndarray) -> list[tuple[int, int, float]]:
     similarity = vectors @ vectors.T
     n = len(vectors)
     return [(i, j, float(similarity[i, j])) for i in range(n) for j in range(i + 1, n)]
+
+
+EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary")
+
+
+def quantize(vectors: np.ndarray, kind: str) -> np.ndarray:
+    """Cohere's embedding types of unit vectors: `int8` scales each vector so that its largest
+    magnitude is 127 and rounds (a per-vector scale, so a vector never depends on its batch);
+    `uint8` is that plus 128; `binary` / `ubinary` pack one sign bit per dimension (positive: 1),
+    eight to a byte, as signed (minus 128) or unsigned bytes."""
+    if kind == "float":
+        return vectors
+    if kind in ("int8", "uint8"):
+        peak = np.maximum(np.abs(vectors).max(axis=1, keepdims=True), np.float32(1e-12))
+        signed: np.ndarray = np.clip(np.rint(vectors / peak * 127), -128, 127).astype(np.int16)
+        return signed if kind == "int8" else signed + 128
+    packed: np.ndarray = np.packbits(vectors > 0, axis=1).astype(np.int16)
+    if kind == "binary":
+        return packed - 128
+    if kind == "ubinary":
+        return packed
+    raise InvalidInput(f"embedding type {kind!r} is not one of {', '.join(EMBEDDING_TYPES)}", field="embedding_types")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A text's tokens: ids of the model's tokenizer and the slices of the text they cover,
+    which concatenate back to exactly the text."""
+
+    ids: list[int]
+    strings: list[str]
+
+
+async def tokenize(registry: ModelRegistry, text: str, model: str | None = None, *, field: str = "text") -> Tokens:
+    """The embedding model's tokens of `text` (no special tokens), off the event loop."""
+    if not text:
+        raise EmptyInput(f"{field} must not be empty", field=field)
+    limit = registry.settings.max_document_chars
+    if len(text) > limit:
+        raise LimitExceeded(
+            f"{field}: {len(text)} characters exceed the limit of {limit} (RERANK_MAX_DOCUMENT_CHARS)", field=field
+        )
+    embedder = registry.embedder(model).engine.scorer
+    assert isinstance(embedder, Embedder)
+    ids, starts = await asyncio.to_thread(embedder.token_offsets, utf8_safe(text))
+    bounds = [0, *starts[1:], len(text)] if starts else [0, len(text)]
+    strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))] if ids else []
+    return Tokens(ids=ids, strings=strings)
+
+
+async def detokenize(registry: ModelRegistry, ids: Sequence[int], model: str | None = None) -> str:
+    """The text of the embedding model's token ids; an id outside its vocabulary is a 4xx."""
+    embedder = registry.embedder(model).engine.scorer
+    assert isinstance(embedder, Embedder)
+    size = embedder.vocabulary_size
+    for i, token in enumerate(ids):
+        if not 0 <= token < size:
+            raise InvalidInput(f"tokens[{i}]: {token} is not a token id of the model (0 to {size - 1})",
+                               field="tokens")  # fmt: skip
+    return await asyncio.to_thread(embedder.decode, list(ids))

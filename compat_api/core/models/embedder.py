@@ -128,8 +128,9 @@ class Embedder(Scorer):
         items = self._texts(["what is function compute"] * 2)
         return pad_batch(items, self._pad_id, "cpu")
 
-    def _texts(self, texts: list[str]) -> list[Item]:
-        enc = self.tokenizer(texts, truncation=True, max_length=self._max_length, padding=False)
+    def _texts(self, texts: list[str], max_tokens: int | None = None) -> list[Item]:
+        limit = self._max_length if max_tokens is None else max(1, min(self._max_length, max_tokens))
+        enc = self.tokenizer(texts, truncation=True, max_length=limit, padding=False)
         keys = list(enc.keys())
         return [Item(len(enc["input_ids"][i]), {k: enc[k][i] for k in keys}) for i in range(len(texts))]
 
@@ -140,16 +141,25 @@ class Embedder(Scorer):
             features["token_type_ids"] = [0] * len(full)
         return Item(len(full), features)
 
-    def token_count(self, text: str) -> int:
-        """The tokens the model reads for a text (with its special tokens, within the window)."""
-        return len(self._texts([text])[0].features["input_ids"])
+    @property
+    def vocabulary_size(self) -> int:
+        return len(self.tokenizer)
+
+    def token_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """A text's token ids (no special tokens, no truncation) and where each starts in the text."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return list(enc["input_ids"]), [int(start) for start, _ in enc["offset_mapping"]]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     # ------------------------------------------------------------------ embeddings
 
-    def embed_steps(self, texts: Sequence[str], encoding: Encoding) -> Iterator[Step]:
-        """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the window."""
+    def embed_steps(self, texts: Sequence[str], encoding: Encoding, *, max_tokens: int | None = None) -> Iterator[Step]:
+        """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the
+        window (or to `max_tokens`, special tokens included)."""
         for start, stop in document_slices(texts):
-            items = self._texts(list(texts[start:stop]))
+            items = self._texts(list(texts[start:stop]), max_tokens)
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, stop), items)
             yield items
