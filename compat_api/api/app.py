@@ -18,6 +18,7 @@ from compat_api.api import admin, health, models
 from compat_api.api.auth import ApiKeyMiddleware
 from compat_api.api.embed import cohere as cohere_embed
 from compat_api.api.embed import openai, sibling
+from compat_api.api.embed import shared as shared_embed
 from compat_api.api.errors import install_error_handlers
 from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
@@ -181,6 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(sibling.router)
     app.include_router(cohere_embed.router)
+    app.include_router(shared_embed.router)
+    app.include_router(shared_embed.per_model)
+    app.include_router(shared_embed.per_model_openai)
     app.include_router(models.router)
     app.include_router(models.public)
     app.include_router(admin.router)

@@ -267,7 +267,7 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
-        return error_response(400, body_error(exc.__cause__), "invalid_json", "body")
+        return error_response(400, body_error(exc.__cause__), "invalid_json", "body", None, _dialect(request))
     kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     headers = dict(exc.headers) if exc.headers else None
     kind = kinds.get(exc.status_code, "http")

@@ -32,6 +32,7 @@ class EmbedQuery:
     field: str = "input"
     query: bool = False  # queries get the model's query instruction (RERANK_EMBEDDING_QUERY_INSTRUCTION), if any
     max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
+    uncounted: int = 0  # leading inputs the server adds (TEI similarity's source), not counted against the limit
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ def check_inputs(request: EmbedQuery, max_inputs: int, max_chars: int) -> None:
     field = request.field
     if not request.inputs:
         raise EmptyInput(f"{field} must not be empty", field=field)
-    if len(request.inputs) > max_inputs:
+    counted = len(request.inputs) - request.uncounted
+    if counted > max_inputs:
         raise LimitExceeded(
-            f"{len(request.inputs)} inputs exceed the limit of {max_inputs} per request (RERANK_MAX_DOCUMENTS)",
+            f"{counted} inputs exceed the limit of {max_inputs} per request (RERANK_MAX_DOCUMENTS)",
             field=field,
         )
     for i, text in enumerate(request.inputs):

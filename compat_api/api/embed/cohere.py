@@ -1,5 +1,5 @@
-"""The Cohere embedding dialect: `POST /v1/embed`, `/v2/embed` and `/embed` (by its `texts` key),
-`POST /v1/tokenize` and `/v1/detokenize` (and `/tokenize`, `/detokenize`).
+"""The Cohere embedding dialect: `POST /v1/embed`, `/v2/embed`, `POST /v1/tokenize` and
+`/v1/detokenize` (`/embed` and `/tokenize` by their keys: api/embed/shared.py).
 
 Spec: Cohere's embed API v1 (https://docs.cohere.com/v1/reference/embed) and v2
 (https://docs.cohere.com/reference/embed), tokenize and detokenize, as cohere-python (5.x as
@@ -152,8 +152,6 @@ def from_core(
 
 
 @router.post("/v1/embed", response_model=CohereEmbedResponse, dependencies=[Depends(dialect(COHERE_V1))])
-@router.post("/embed", response_model=CohereEmbedResponse, dependencies=[Depends(dialect(COHERE_V1))],
-             include_in_schema=False)  # fmt: skip
 async def embed_v1(
     body: Annotated[CohereEmbedRequest, Body(openapi_examples={"texts": {"value": EXAMPLE}})],
     request: Request,

@@ -4,7 +4,8 @@ Spec: that app's `src/code/source-code/embedding/app/{main,schema,service}.py`:
 `/embedding {"input": str or [str]}` answers `{"object": "list", "data": [{"object": "embedding",
 "embedding", "index"}]}`; `/similarity {"input": [str]}` answers `{"score": [{sentence1,
 sentence2, score}]}` for every pair i < j, in order (cosine similarity). Vectors are unit length
-here (the template's were not; cosine is unchanged), equal to every other dialect's.
+here (the template's were not; cosine is unchanged), equal to every other dialect's. `/similarity`
+shares its path with TEI's (api/embed/shared.py).
 """
 
 from __future__ import annotations
@@ -100,14 +101,3 @@ async def embedding(
 ) -> EmbeddingResponse:
     """Embed a text or a list of texts (the original embedding template's API)."""
     return embedding_from_core(await run_embed(request, registry, to_core(body)))
-
-
-@router.post("/similarity", response_model=SimilarityResponse)
-async def similarity(
-    body: Annotated[SimilarityRequest, Body(openapi_examples={"texts": {"value": SIMILARITY_EXAMPLE}})],
-    request: Request,
-    registry: Registry,
-) -> SimilarityResponse:
-    """Cosine similarity of every pair of texts (the original embedding template's API)."""
-    query = similarity_to_core(body)
-    return similarity_from_core(await run_embed(request, registry, query), list(query.inputs))

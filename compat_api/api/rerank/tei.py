@@ -19,7 +19,9 @@ from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry
 from compat_api.api.errors import TEI, dialect
 from compat_api.api.wire import LIMITED, DocumentList
+from compat_api.core.registry import ServedModel
 from compat_api.core.rerank import RerankOutcome, RerankQuery
+from compat_api.settings import Settings
 
 router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))], responses=UNAUTHORIZED)
 
@@ -84,18 +86,26 @@ class TeiInfo(BaseModel):
     docker_label: str | None = None
 
 
-@router.get("/info", response_model=TeiInfo)
-async def info(registry: Registry) -> TeiInfo:
-    """Model and limits, in TEI's shape."""
-    served = registry.reranker(None)
-    settings = registry.settings
+def describe(served: ServedModel, settings: Settings) -> TeiInfo:
+    """One model in TEI's `/info` shape: `model_type` `reranker`, or `embedding` with its pooling."""
+    if served.family == "embedding" and served.info.kind == "embedding":
+        kind: dict[str, dict[str, Any]] = {"embedding": {"pooling": str(served.info.extra.get("pooling", "cls"))}}
+    else:
+        kind = {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
     return TeiInfo(
         model_id=served.info.name,
         model_dtype=served.info.dtype,
-        model_type={"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+        model_type=kind,
         max_concurrent_requests=settings.max_queue_pairs,
         max_input_length=served.info.max_length,
         max_batch_tokens=served.engine.max_batch_tokens,
         max_batch_requests=settings.batch_size,
         max_client_batch_size=settings.max_documents,
     )
+
+
+@router.get("/info", response_model=TeiInfo)
+async def info(registry: Registry) -> TeiInfo:
+    """The reranker (or, with none served, the embedding model) in TEI's shape; `/tei/{model}/info`
+    describes any one model."""
+    return describe(registry.reranker(None), registry.settings)

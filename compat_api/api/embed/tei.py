@@ -1,0 +1,120 @@
+"""The text-embeddings-inference (TEI) embedding dialect: `/embed {inputs}`, `/similarity {inputs:
+{source_sentence, sentences}}`, `/tokenize {inputs}`, `/decode {ids}`, and `/info` for an
+embedding model.
+
+Spec: TEI's router OpenAPI (https://huggingface.github.io/text-embeddings-inference/):
+`EmbedRequest {inputs, normalize, truncate, truncation_direction, prompt_name, dimensions}` answers
+`[[f32]]`; `SimilarityRequest` answers `[f32]` (cosine of each sentence with the source);
+`TokenizeRequest {inputs, add_special_tokens}` answers `[[{id, text, special, start, stop}]]`;
+`DecodeRequest {ids, skip_special_tokens}` answers `[str]`. Errors `{"error", "error_type"}` with
+TEI's codes. The paths `/embed`, `/similarity` and `/tokenize` are shared with other dialects by
+their keys (api/embed/shared.py); every TEI route also answers under `/tei/{model}` for one
+served model, so that a TEI client (Dify's provider reads `/info`) gets a base URL per model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt
+from compat_api.core.embed import EmbedOutcome, EmbedQuery, Tokens
+from compat_api.core.errors import EmptyInput
+
+Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is TEI's 400 Empty
+
+
+class TeiEmbedRequest(BaseModel):
+    """TEI embed request (token-id inputs are not taken yet: texts only)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    inputs: Text | Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+    normalize: bool | None = Field(None, description="Unit-length vectors (default true); false: the pooled vector.")
+    truncate: bool | None = Field(None, description="Inputs longer than the window are always truncated.")
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = None
+    prompt_name: str | None = Field(None, description="Accepted; no prompts are configured.")
+    dimensions: NonNegativeInt | None = Field(
+        None, description="The first k values, renormalized.", json_schema_extra={"x-limit": "dimensions"}
+    )
+
+
+class SimilarityInputs(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    source_sentence: Text
+    sentences: Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+
+
+class TeiSimilarityRequest(BaseModel):
+    """TEI similarity request: the cosine of each sentence with the source sentence."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    inputs: SimilarityInputs
+    parameters: dict[str, Any] | None = None
+
+
+class TeiTokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    inputs: Text | Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+    add_special_tokens: bool | None = None
+    prompt_name: str | None = None
+
+
+class TeiToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]
+IdList = Annotated[list[TokenId], DocumentList]
+
+
+class TeiDecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    ids: IdList | Annotated[list[IdList], DocumentList] = Field(
+        min_length=1, json_schema_extra={"minItems": 1, **LIMITED}
+    )
+    skip_special_tokens: bool | None = None
+
+
+def texts(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else inputs
+
+
+def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
+    return EmbedQuery(inputs=texts(body.inputs), model=model, dimensions=body.dimensions,
+                      normalize=body.normalize is not False, field="inputs")  # fmt: skip
+
+
+def embed_from_core(outcome: EmbedOutcome) -> list[list[float]]:
+    return [vector.tolist() for vector in outcome.vectors]
+
+
+def similarity_to_core(body: TeiSimilarityRequest, model: str | None) -> EmbedQuery:
+    if not body.inputs.sentences:
+        raise EmptyInput("inputs.sentences must not be empty", field="inputs.sentences")
+    return EmbedQuery(inputs=[body.inputs.source_sentence, *body.inputs.sentences], model=model, field="inputs",
+                      uncounted=1)  # fmt: skip
+
+
+def similarity_from_core(outcome: EmbedOutcome) -> list[float]:
+    source, others = outcome.vectors[0], outcome.vectors[1:]
+    return [float(v) for v in others @ source]
+
+
+def tokens_from_core(text: str, tokens: Tokens) -> list[TeiToken]:
+    """TEI's token objects: each token's own slice of the text (its offsets) and its id."""
+    out, at = [], 0
+    for token_id, piece in zip(tokens.ids, tokens.strings, strict=True):
+        out.append(TeiToken(id=token_id, text=piece, special=False, start=at, stop=at + len(piece)))
+        at += len(piece)
+    return out
+
+
+def decode_ids(body: TeiDecodeRequest) -> list[list[int]]:
+    ids = body.ids
+    return [ids] if ids and isinstance(ids[0], int) else ids  # type: ignore[return-value]

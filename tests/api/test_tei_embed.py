@@ -1,0 +1,95 @@
+"""TEI's embedding routes and the paths they share: /embed (TEI inputs | Cohere texts), /similarity
+(TEI | the original template), /tokenize (TEI | Cohere), /decode, and a TEI base URL per model
+(Dify's TEI provider: /info, then /v1/embeddings without a model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from compat_api.api.embed.openai import OpenAIEmbeddingResponse
+from compat_api.api.embed.sibling import SimilarityResponse
+from compat_api.api.embed.tei import TeiToken
+from compat_api.api.errors import TeiErrorBody
+from compat_api.api.rerank.tei import TeiInfo, TeiRank
+
+TEXTS = ["what is function compute", "function compute is alibaba cloud serverless computing service", "hello"]
+
+
+def reference(client: TestClient, texts: list[str]) -> np.ndarray:
+    parsed = OpenAIEmbeddingResponse.model_validate(client.post("/v1/embeddings", json={"input": texts}).json())
+    return np.asarray([d.embedding for d in parsed.data], dtype=np.float32)
+
+
+def test_embed_by_its_keys(stack_client: TestClient) -> None:
+    want = reference(stack_client, TEXTS)
+    tei = stack_client.post("/embed", json={"inputs": TEXTS, "normalize": True, "truncate": True})
+    assert tei.status_code == 200 and np.allclose(np.asarray(tei.json()), want, atol=1e-6)
+    one = stack_client.post("/embed", json={"inputs": TEXTS[0]}).json()
+    assert len(one) == 1 and np.allclose(one[0], want[0], atol=1e-6)
+    raw = np.asarray(stack_client.post("/embed", json={"inputs": TEXTS, "normalize": False}).json())
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+    assert np.allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), want, atol=1e-5)
+    cut = np.asarray(stack_client.post("/embed", json={"inputs": TEXTS, "dimensions": 8}).json())
+    assert cut.shape == (3, 8)
+    cohere = stack_client.post("/embed", json={"texts": TEXTS}).json()
+    assert cohere["response_type"] == "embeddings_floats" and np.allclose(cohere["embeddings"], want, atol=1e-6)
+
+
+def test_similarity_by_its_keys(stack_client: TestClient) -> None:
+    want = reference(stack_client, TEXTS)
+    body = {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]}}
+    tei = stack_client.post("/similarity", json=body).json()
+    assert tei == pytest.approx([float(want[0] @ want[1]), float(want[0] @ want[2])], abs=1e-5)
+    sibling = SimilarityResponse.model_validate(stack_client.post("/similarity", json={"input": TEXTS}).json())
+    assert sibling.score[0].score == pytest.approx(tei[0], abs=1e-5)
+
+
+def test_tokenize_and_decode(stack_client: TestClient) -> None:
+    [tokens] = stack_client.post("/tokenize", json={"inputs": "hello paris"}).json()
+    parsed = [TeiToken.model_validate(t) for t in tokens]
+    assert "".join(t.text for t in parsed) == "hello paris"
+    assert all("hello paris"[t.start : t.stop] == t.text for t in parsed if t.start is not None)
+    cohere = stack_client.post("/tokenize", json={"text": "hello paris"}).json()
+    assert cohere["tokens"] == [t.id for t in parsed]
+    decoded = stack_client.post("/decode", json={"ids": [t.id for t in parsed]}).json()
+    assert [d.strip() for d in decoded] == ["hello paris"]
+
+
+def test_a_tei_base_url_per_model_for_difys_provider(stack_client: TestClient) -> None:
+    embedder = TeiInfo.model_validate(stack_client.get("/tei/tiny-bge-m3/info").json())
+    assert next(iter(embedder.model_type)) == "embedding" and embedder.model_type["embedding"]["pooling"] == "cls"
+    reranker = TeiInfo.model_validate(stack_client.get("/tei/tiny-bge-reranker/info").json())
+    assert next(iter(reranker.model_type)) == "reranker"
+    embedded = stack_client.post("/tei/tiny-bge-m3/v1/embeddings", json={"input": TEXTS})  # no model: Dify's TEI
+    assert np.allclose([d["embedding"] for d in embedded.json()["data"]], reference(stack_client, TEXTS), atol=1e-6)
+    ranked = stack_client.post("/tei/tiny-bge-reranker/rerank", json={"query": "q", "texts": ["a", "b"]})
+    assert len([TeiRank.model_validate(r) for r in ranked.json()]) == 2
+    assert stack_client.post("/tei/tiny-bge-m3/embed", json={"inputs": "hello"}).status_code == 200
+    wrong = stack_client.post("/tei/tiny-bge-reranker/embed", json={"inputs": "hello"})
+    assert wrong.status_code == 400 and "is a reranker" in TeiErrorBody.model_validate(wrong.json()).error
+    missing = stack_client.get("/tei/nope/info")
+    assert missing.status_code == 404 and TeiErrorBody.model_validate(missing.json()).error_type == "model_not_found"
+
+
+BAD: list[tuple[str, Any, int]] = [
+    ("/embed", {"inputs": []}, 400),
+    ("/embed", {"inputs": ""}, 400),
+    ("/embed", {"inputs": 5}, 422),
+    ("/embed", {"inputs": ["a"], "dimensions": 999}, 422),
+    ("/similarity", {"inputs": {"source_sentence": "a", "sentences": []}}, 400),
+    ("/similarity", {"inputs": {"sentences": ["a"]}}, 422),
+    ("/tokenize", {"inputs": ""}, 400),
+    ("/decode", {"ids": [10**9]}, 422),
+    ("/tei/tiny-bge-m3/embed", {"inputs": []}, 400),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), BAD)
+def test_bad_input_is_a_tei_error(stack_client: TestClient, path: str, body: Any, status: int) -> None:
+    response = stack_client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert TeiErrorBody.model_validate(response.json()).error
