@@ -105,9 +105,10 @@ def build_tiny_xlmr_reranker(target: Path, *, seed: int = 0, layers: int = 2, wi
     return target
 
 
-def build_tiny_xlmr_embedder(target: Path, *, seed: int = 0, pooling: str | None = None) -> Path:
+def build_tiny_xlmr_embedder(target: Path, *, seed: int = 0, pooling: str | None = None, heads: bool = False) -> Path:
     """A bge-m3-like embedding directory (XLMRobertaModel, tiny and random): CLS pooling by default,
-    or a sentence-transformers `modules.json` + `1_Pooling` saying `pooling` ("cls", "mean", "max")."""
+    or a sentence-transformers `modules.json` + `1_Pooling` saying `pooling` ("cls", "mean", "max");
+    with `heads`, bge-m3's sparse and ColBERT heads beside the weights."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -122,6 +123,9 @@ def build_tiny_xlmr_embedder(target: Path, *, seed: int = 0, pooling: str | None
     model.eval()
     model.save_pretrained(str(target))
     _set_tokenizer_class(target, "XLMRobertaTokenizer")
+    if heads:
+        torch.save(torch.nn.Linear(32, 1).state_dict(), target / "sparse_linear.pt")
+        torch.save(torch.nn.Linear(32, 32).state_dict(), target / "colbert_linear.pt")
     if pooling is not None:
         kinds = ("Transformer", "Pooling")
         modules = [{"idx": i, "name": str(i), "path": ("", "1_Pooling")[i], "type": f"sentence_transformers.models.{k}"}

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded
 from compat_api.core.models.base import Encoding
-from compat_api.core.models.embedder import Embedder
+from compat_api.core.models.embedder import Embedder, Outputs
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.text import utf8_safe
 
@@ -103,6 +104,32 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     outputs = await engine.run(steps, estimate=len(texts), field=request.field)
     vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
     return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)
+
+
+@dataclass(frozen=True)
+class TokenOutcome:
+    """Per input, what it asked of the model besides its vector: bge-m3's lexical weights
+    (`sparse`: token id -> weight) and ColBERT vectors (`colbert`), or every token's vector
+    (`tokens`); and the tokens the model read."""
+
+    model: str
+    outputs: list[dict[str, Any]]
+    tokens: int
+
+
+async def embed_tokens(registry: ModelRegistry, request: EmbedQuery, outputs: Outputs) -> TokenOutcome:
+    """bge-m3's sparse and multi-vector outputs ("m3"; a model without those heads is a model
+    error), or each token's vector ("tokens"), batched in the engine like any embedding."""
+    settings = registry.settings
+    check_inputs(request, settings.max_documents, settings.max_document_chars)
+    engine = registry.embedder(request.model).engine
+    model = engine.scorer
+    assert isinstance(model, Embedder)
+    texts = [utf8_safe(text) for text in request.inputs]
+    encoding = Encoding(len(texts))
+    steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens, outputs=outputs)
+    results = await engine.run(steps, estimate=len(texts), field=request.field)
+    return TokenOutcome(model=model.info.name, outputs=results, tokens=encoding.tokens)
 
 
 def pairwise(vectors: np.ndarray) -> list[tuple[int, int, float]]:

@@ -100,6 +100,9 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     if settings.model_path:
         specs.append(ModelSpec(settings.model_name or _dir_name(settings.model_path), settings.model_path, kind))
+    if settings.embedding_model_path:  # the default embedding model: before any listed below
+        path = settings.embedding_model_path
+        specs.append(ModelSpec(settings.embedding_model_name or _dir_name(path), path, "embedding"))
     for entry in settings.model_entries:
         name, _, path = entry.partition("=")
         specs.append(ModelSpec(name.strip(), path.strip(), kind))
@@ -110,9 +113,6 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.name.startswith(".") and (child / "config.json").is_file():
                 specs.append(ModelSpec(child.name, str(child), kind))
-    if settings.embedding_model_path:
-        path = settings.embedding_model_path
-        specs.append(ModelSpec(settings.embedding_model_name or _dir_name(path), path, "embedding"))
     if not specs:
         specs.append(ModelSpec(settings.model_name or BUNDLED_MODEL_NAME, bundled_model_path(), "embedding", True))
     names = [s.name for s in specs]
@@ -234,9 +234,11 @@ class ModelRegistry:
         """Load and build engines for every configured model (blocking; call off the event loop)."""
         specs = model_specs(self.settings)
         # aliases name the one model besides the embedding model's own setting
-        primary = len(specs) - (1 if self.settings.embedding_model_path else 0)
-        aliases = tuple(self.settings.aliases) if primary == 1 else ()
-        if self.settings.aliases and primary > 1:
+        embedding_path = self.settings.embedding_model_path
+        primaries = [spec for spec in specs if not (embedding_path and spec.path == embedding_path
+                                                    and spec.kind == "embedding")] or specs  # fmt: skip
+        aliases = tuple(self.settings.aliases) if len(primaries) == 1 else ()
+        if self.settings.aliases and len(primaries) > 1:
             log.warning("RERANK_MODEL_ALIASES applies to a single served model; with %d models it is ignored",
                         len(specs))  # fmt: skip
         for spec in specs:
@@ -249,7 +251,7 @@ class ModelRegistry:
             info = scorer.info
             log.info("loaded model %r (%s, %s, %s, %s) in %.1fs", info.name, info.kind, info.device, info.dtype,
                      info.backend, info.load_seconds)  # fmt: skip
-            own = aliases if spec is specs[0] else ()
+            own = aliases if spec is primaries[0] else ()
             self._models[spec.name] = ServedModel(spec, self._engine(scorer), own, fingerprint=version, code=code)
 
     def warm_up(self) -> None:

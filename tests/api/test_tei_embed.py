@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,3 +94,35 @@ def test_bad_input_is_a_tei_error(stack_client: TestClient, path: str, body: Any
     response = stack_client.post(path, json=body)
     assert response.status_code == status, response.text
     assert TeiErrorBody.model_validate(response.json()).error
+
+
+def test_sparse_and_multi_vector_outputs_over_tei(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    """bge-m3's lexical weights on /embed_sparse equal FlagEmbedding's; /embed_all gives its ColBERT
+    vectors; a model without the heads answers TEI's model error (424), not a 500."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    from compat_api.api.app import create_app
+    from compat_api.api.embed.tei import SparseValue
+    from tests.conftest import make_settings
+    from tests.tiny_models import build_tiny_xlmr_embedder
+
+    m3 = build_tiny_xlmr_embedder(tmp_path / "bge-m3", heads=True)
+    want = BGEM3FlagModel(str(m3), use_fp16=False, devices="cpu").encode(
+        TEXTS, max_length=128, return_sparse=True, return_colbert_vecs=True)  # fmt: skip
+    settings = make_settings(embedding_model_path=str(m3), models=f"plain={tiny_embedder_dir}", max_length=128,
+                             reload_interval=0)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        sparse = client.post("/embed_sparse", json={"inputs": TEXTS, "model": "ignored"})
+        assert sparse.status_code == 200, sparse.text
+        for got, lexical in zip(sparse.json(), want["lexical_weights"], strict=True):
+            values = {str(v.index): v.value for v in (SparseValue.model_validate(x) for x in got)}
+            assert set(values) == set(lexical)
+            assert all(abs(values[k] - float(w)) <= 1e-4 for k, w in lexical.items())
+        vectors = client.post("/embed_all", json={"inputs": TEXTS}).json()
+        for got, colbert in zip(vectors, want["colbert_vecs"], strict=True):
+            assert np.abs(np.asarray(got) - np.asarray(colbert)).max() <= 1e-4
+        failed = client.post("/tei/plain/embed_sparse", json={"inputs": "hello"})
+        assert failed.status_code == 424
+        assert "no sparse and multi-vector heads" in TeiErrorBody.model_validate(failed.json()).error
+        per_token = client.post("/tei/plain/embed_all", json={"inputs": "hello"}).json()
+        assert len(per_token) == 1 and len(per_token[0][0]) == 32

@@ -36,7 +36,7 @@ from compat_api.api.errors import (
     set_dialect,
 )
 from compat_api.api.rerank import tei as tei_rerank
-from compat_api.core.embed import detokenize, tokenize
+from compat_api.core.embed import detokenize, embed_tokens, tokenize
 from compat_api.core.errors import EmptyInput
 from compat_api.core.registry import ModelRegistry
 
@@ -148,6 +148,34 @@ async def tokenize_route(body: Annotated[TokenizeBody, Body()], request: Request
     )
 
 
+async def tei_sparse(request: Request, registry: ModelRegistry, body: tei.TeiTokensRequest,
+                     model: str | None) -> list[list[tei.SparseValue]]:  # fmt: skip
+    set_dialect(request, TEI)
+    query = tei.tokens_to_core(body, model)
+    return tei.sparse_from_core(await bounded(request, registry, embed_tokens(registry, query, "m3")))
+
+
+async def tei_all(request: Request, registry: ModelRegistry, body: tei.TeiTokensRequest,
+                  model: str | None) -> list[list[list[float]]]:  # fmt: skip
+    set_dialect(request, TEI)
+    embedder = registry.embedder(model).info
+    outputs: Any = "m3" if embedder.extra.get("multi_vector") else "tokens"
+    query = tei.tokens_to_core(body, model)
+    return tei.all_from_core(await bounded(request, registry, embed_tokens(registry, query, outputs)))
+
+
+@router.post("/embed_sparse", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))])
+async def embed_sparse(body: tei.TeiTokensRequest, request: Request, registry: Registry) -> list[list[tei.SparseValue]]:
+    """TEI: bge-m3's lexical weights per input, `[{index: token id, value}]` (424 for a model without them)."""
+    return await tei_sparse(request, registry, body, None)
+
+
+@router.post("/embed_all", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))])
+async def embed_all(body: tei.TeiTokensRequest, request: Request, registry: Registry) -> list[list[list[float]]]:
+    """TEI: a vector per token (bge-m3: its ColBERT vectors, normalized; other models: the last hidden state)."""
+    return await tei_all(request, registry, body, None)
+
+
 @router.post("/decode", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))])
 async def decode(body: tei.TeiDecodeRequest, request: Request, registry: Registry) -> list[str]:
     """TEI: the text of each list of the embedding model's token ids."""
@@ -184,6 +212,18 @@ async def model_similarity(model: str, body: tei.TeiSimilarityRequest, request: 
 @per_model.post("/tokenize")
 async def model_tokenize(model: str, body: tei.TeiTokenizeRequest, request: Request, registry: Registry) -> Any:
     return await tei_tokenize(request, registry, body, registry.find(model).spec.name)
+
+
+@per_model.post("/embed_sparse")
+async def model_sparse(model: str, body: tei.TeiTokensRequest, request: Request,
+                       registry: Registry) -> list[list[tei.SparseValue]]:  # fmt: skip
+    return await tei_sparse(request, registry, body, registry.find(model).spec.name)
+
+
+@per_model.post("/embed_all")
+async def model_all(model: str, body: tei.TeiTokensRequest, request: Request,
+                    registry: Registry) -> list[list[list[float]]]:  # fmt: skip
+    return await tei_all(request, registry, body, registry.find(model).spec.name)
 
 
 @per_model.post("/decode")

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt
-from compat_api.core.embed import EmbedOutcome, EmbedQuery, Tokens
+from compat_api.core.embed import EmbedOutcome, EmbedQuery, TokenOutcome, Tokens
 from compat_api.core.errors import EmptyInput
 
 Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is TEI's 400 Empty
@@ -38,6 +38,36 @@ class TeiEmbedRequest(BaseModel):
     dimensions: NonNegativeInt | None = Field(
         None, description="The first k values, renormalized.", json_schema_extra={"x-limit": "dimensions"}
     )
+
+
+class TeiTokensRequest(BaseModel):
+    """TEI's `/embed_sparse` and `/embed_all` request."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    inputs: Text | Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+    truncate: bool | None = None
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = None
+    prompt_name: str | None = None
+
+
+class SparseValue(BaseModel):
+    index: int
+    value: float
+
+
+def sparse_from_core(outcome: TokenOutcome) -> list[list[SparseValue]]:
+    """bge-m3's lexical weights: `index` is the token id, by increasing id."""
+    return [[SparseValue(index=i, value=w) for i, w in sorted(out["sparse"].items())] for out in outcome.outputs]
+
+
+def all_from_core(outcome: TokenOutcome) -> list[list[list[float]]]:
+    """Per input, a vector per token: bge-m3's ColBERT vectors, or any other model's last hidden state."""
+    return [(out["colbert"] if "colbert" in out else out["tokens"]).tolist() for out in outcome.outputs]
+
+
+def tokens_to_core(body: TeiTokensRequest, model: str | None) -> EmbedQuery:
+    return EmbedQuery(inputs=texts(body.inputs), model=model, field="inputs")
 
 
 class SimilarityInputs(BaseModel):

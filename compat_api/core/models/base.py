@@ -253,6 +253,8 @@ def pad_batch(items: Sequence[Item], pad_id: int, device: str, *, left: bool = F
     width = max(len(item.features["input_ids"]) for item in items)
     batch: dict[str, Any] = {}
     for key in items[0].features:
+        if key.startswith("_"):  # a marker for the model's own use (e.g. which outputs an item wants)
+            continue
         array = np.full((len(items), width), pad_id if key == "input_ids" else 0, dtype=np.int64)
         for row, item in enumerate(items):
             values = item.features[key]

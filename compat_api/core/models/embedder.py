@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compat_api.core.errors import ModelLoadError
+from compat_api.core.errors import ModelFailure, ModelLoadError
 from compat_api.core.models.base import (
     ITEMS_PER_STEP,
     LOAD_ERRORS,
@@ -47,6 +47,9 @@ from compat_api.core.ranking import Normalization
 log = logging.getLogger(__name__)
 
 Pooling = Literal["cls", "mean"]
+# What an item asks of the forward besides its pooled vector (the `_outputs` feature):
+# "m3": bge-m3's lexical weights and multi-vector (ColBERT) outputs; "tokens": every token's vector.
+Outputs = Literal["m3", "tokens"]
 
 
 def detect_pooling(path: str | Path) -> Pooling:
@@ -107,6 +110,10 @@ class Embedder(Scorer):
         self._prefix, self._suffix = list(full[:at]), list(full[at + len(bare) :])
         self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", [])
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.heads = _m3_heads(path, loaded.config.hidden_size)
+        specials = (self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                    self.tokenizer.unk_token_id)  # fmt: skip
+        self._unused = {int(t) for t in specials if t is not None}  # never lexical weights (as BGEM3FlagModel)
         prepared = prepare(loaded, path, "last_hidden_state", runtime, self._probe)
         self.model = prepared.module
         self.info = ModelInfo(
@@ -119,7 +126,13 @@ class Embedder(Scorer):
             normalization=Normalization.COSINE,
             backend=runtime.backend,
             load_seconds=time.perf_counter() - started,
-            extra={"architecture": type(loaded).__name__, "pooling": self.pooling, "dimensions": self.dimensions},
+            extra={
+                "architecture": type(loaded).__name__,
+                "pooling": self.pooling,
+                "dimensions": self.dimensions,
+                "sparse": self.heads is not None,
+                "multi_vector": self.heads is not None,
+            },
         )
 
     def _probe(self) -> dict[str, Any]:
@@ -155,24 +168,54 @@ class Embedder(Scorer):
 
     # ------------------------------------------------------------------ embeddings
 
-    def embed_steps(self, texts: Sequence[str], encoding: Encoding, *, max_tokens: int | None = None) -> Iterator[Step]:
+    def embed_steps(self, texts: Sequence[str], encoding: Encoding, *, max_tokens: int | None = None,
+                    outputs: Outputs | None = None) -> Iterator[Step]:  # fmt: skip
         """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the
-        window (or to `max_tokens`, special tokens included)."""
+        window (or to `max_tokens`, special tokens included). With `outputs`, each item's output is
+        a dict with its pooled vector under "dense" and the asked outputs beside it."""
+        if outputs == "m3" and self.heads is None:
+            raise ModelFailure(
+                f"model {self.info.name!r} has no sparse and multi-vector heads (sparse_linear.pt, "
+                "colbert_linear.pt beside its weights, as bge-m3 has)"
+            )
         for start, stop in document_slices(texts):
             items = self._texts(list(texts[start:stop]), max_tokens)
+            if outputs is not None:
+                items = [Item(i.length, {**i.features, "_outputs": outputs}) for i in items]
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, stop), items)
             yield items
 
     def forward(self, items: Sequence[Item]) -> list[Any]:
-        """One pooled fp32 vector (not normalized) per item."""
+        """One pooled fp32 vector (not normalized) per item; a dict for an item that asked for more."""
         import torch
 
         with torch.inference_mode():
             inputs = pad_batch(items, self._pad_id, self._device)
             hidden = self.model(**inputs).last_hidden_state
-            pooled = pool(hidden, inputs["attention_mask"], self.pooling)
-            return list(pooled.cpu().numpy())
+            pooled = list(pool(hidden, inputs["attention_mask"], self.pooling).cpu().numpy())
+            for row, item in enumerate(items):
+                wanted = item.features.get("_outputs")
+                if wanted is not None:
+                    pooled[row] = {"dense": pooled[row], **self._more(hidden[row, : item.length].float(), item, wanted)}
+            return pooled
+
+    def _more(self, hidden: Any, item: Item, wanted: str) -> dict[str, Any]:
+        """An item's token vectors ("tokens"), or bge-m3's lexical weights and ColBERT vectors ("m3"),
+        computed as BGEM3FlagModel computes them."""
+        import torch
+
+        if wanted == "tokens":
+            return {"tokens": hidden.cpu().numpy()}
+        assert self.heads is not None
+        sparse_linear, colbert_linear = self.heads
+        weights = torch.relu(sparse_linear(hidden)).squeeze(-1).cpu().numpy()
+        lexical: dict[int, float] = {}
+        for token, weight in zip(item.features["input_ids"], weights.tolist(), strict=True):
+            if token not in self._unused and weight > 0 and weight > lexical.get(token, 0.0):
+                lexical[int(token)] = float(weight)
+        colbert = torch.nn.functional.normalize(colbert_linear(hidden[1:]), dim=-1)
+        return {"sparse": lexical, "colbert": colbert.cpu().numpy()}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled vectors of texts, synchronously (tests, benchmarks, the raw ceiling)."""
@@ -211,6 +254,25 @@ class Embedder(Scorer):
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
         query, pieces = unit[0], unit[encoding.query_items :]
         return best_per_document(encoding, [float(np.dot(query, piece)) for piece in pieces])
+
+
+def _m3_heads(path: str, hidden_size: int) -> tuple[Any, Any] | None:
+    """bge-m3's sparse and ColBERT heads (`sparse_linear.pt`, `colbert_linear.pt`), if the directory has them."""
+    directory = Path(path)
+    sparse_file, colbert_file = directory / "sparse_linear.pt", directory / "colbert_linear.pt"
+    if not (sparse_file.is_file() and colbert_file.is_file()):
+        return None
+    import torch
+
+    try:
+        colbert_state = torch.load(colbert_file, map_location="cpu", weights_only=True)
+        sparse = torch.nn.Linear(hidden_size, 1)
+        sparse.load_state_dict(torch.load(sparse_file, map_location="cpu", weights_only=True))
+        colbert = torch.nn.Linear(hidden_size, int(colbert_state["weight"].shape[0]))
+        colbert.load_state_dict(colbert_state)
+    except LOAD_ERRORS as exc:
+        raise ModelLoadError(f"cannot load bge-m3's heads from {path}: {exc}") from exc
+    return sparse.eval(), colbert.eval()
 
 
 def _embedding_window(path: str, model: Any) -> int:
