@@ -34,6 +34,7 @@ class EmbedQuery:
     query: bool = False  # queries get the model's query instruction (RERANK_EMBEDDING_QUERY_INSTRUCTION), if any
     max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
     uncounted: int = 0  # leading inputs the server adds (TEI similarity's source), not counted against the limit
+    token_ids: Sequence[Sequence[int]] | None = None  # inputs already in the model's own ids (TEI), used as given
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,15 @@ def check_inputs(request: EmbedQuery, max_inputs: int, max_chars: int) -> None:
                 f"{where}: {len(text)} characters exceed the limit of {max_chars} (RERANK_MAX_DOCUMENT_CHARS)",
                 field=where,
             )
+
+
+def check_ids(arrays: Sequence[Sequence[int]], size: int, field: str) -> None:
+    """Token ids given by the client must be the model's: 0 to its vocabulary size."""
+    for i, ids in enumerate(arrays):
+        for j, token in enumerate(ids):
+            if not 0 <= token < size:
+                where = f"{field}[{i}][{j}]"
+                raise InvalidInput(f"{where}: {token} is not a token id of the model (0 to {size - 1})", field=where)
 
 
 def check_dimensions(dimensions: int | None, size: int) -> None:
@@ -100,7 +110,11 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     instruction = settings.embedding_query_instruction if request.query else ""
     texts = [instruction + utf8_safe(text) for text in request.inputs]
     encoding = Encoding(len(texts))
-    steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens)
+    if request.token_ids is not None:
+        check_ids(request.token_ids, model.vocabulary_size, request.field)
+        steps = model.id_steps(request.token_ids, encoding)
+    else:
+        steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens)
     outputs = await engine.run(steps, estimate=len(texts), field=request.field)
     vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
     return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)

@@ -126,3 +126,16 @@ def test_sparse_and_multi_vector_outputs_over_tei(tmp_path: Path, tiny_embedder_
         assert "no sparse and multi-vector heads" in TeiErrorBody.model_validate(failed.json()).error
         per_token = client.post("/tei/plain/embed_all", json={"inputs": "hello"}).json()
         assert len(per_token) == 1 and len(per_token[0][0]) == 32
+
+
+def test_token_id_inputs_are_the_models_own(stack_client: TestClient) -> None:
+    """TEI's `/embed` reads token arrays as the model's ids: the ids of a text (specials included) embed as it."""
+    [tokens] = stack_client.post("/tokenize", json={"inputs": TEXTS[1]}).json()
+    ids = [0, *(t["id"] for t in tokens), 2]  # <s> … </s>, as the tokenizer frames a text
+    by_ids = stack_client.post("/embed", json={"inputs": [ids]})
+    assert by_ids.status_code == 200, by_ids.text
+    assert np.allclose(by_ids.json()[0], reference(stack_client, [TEXTS[1]])[0], atol=1e-6)
+    bad_inputs: list[list[list[int]]] = [[[]], [[10**9]], [[1, -1]]]
+    for bad in bad_inputs:
+        response = stack_client.post("/embed", json={"inputs": bad})
+        assert 400 <= response.status_code < 500 and TeiErrorBody.model_validate(response.json()).error

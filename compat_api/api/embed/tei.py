@@ -25,12 +25,20 @@ from compat_api.core.errors import EmptyInput
 Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is TEI's 400 Empty
 
 
+TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]
+IdList = Annotated[list[TokenId], DocumentList]
+ID_SCHEMA = {"type": "integer", "minimum": 0, "x-limit": "token_id"}
+IdsInput = Annotated[IdList, WithJsonSchema({"type": "array", "minItems": 1, "items": ID_SCHEMA})]
+
+
 class TeiEmbedRequest(BaseModel):
-    """TEI embed request (token-id inputs are not taken yet: texts only)."""
+    """TEI embed request: texts, or inputs already in the model's own token ids."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Text | Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+    inputs: Text | Annotated[list[Text], DocumentList] | Annotated[list[IdsInput], DocumentList] = Field(
+        json_schema_extra={"minItems": 1, **LIMITED}
+    )
     normalize: bool | None = Field(None, description="Unit-length vectors (default true); false: the pooled vector.")
     truncate: bool | None = Field(None, description="Inputs longer than the window are always truncated.")
     truncation_direction: Literal["Left", "Right", "left", "right"] | None = None
@@ -99,10 +107,6 @@ class TeiToken(BaseModel):
     stop: int | None
 
 
-TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]
-IdList = Annotated[list[TokenId], DocumentList]
-
-
 class TeiDecodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     ids: IdList | Annotated[list[IdList], DocumentList] = Field(
@@ -116,7 +120,17 @@ def texts(inputs: str | list[str]) -> list[str]:
 
 
 def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
-    return EmbedQuery(inputs=texts(body.inputs), model=model, dimensions=body.dimensions,
+    """Texts, or token-id arrays (the model's own ids: embedded as given)."""
+    inputs = body.inputs
+    if isinstance(inputs, list) and inputs and all(isinstance(v, list) for v in inputs):
+        arrays = [list(ids) for ids in inputs if isinstance(ids, list)]
+        for i, ids in enumerate(arrays):
+            if not ids:
+                raise EmptyInput(f"inputs[{i}] is an empty token array", field=f"inputs[{i}]")
+        # `inputs` stand for the arrays in the limits' count; the model reads `token_ids`
+        return EmbedQuery(inputs=["ids"] * len(arrays), token_ids=arrays, model=model, dimensions=body.dimensions,
+                          normalize=body.normalize is not False, field="inputs")  # fmt: skip
+    return EmbedQuery(inputs=texts(inputs), model=model, dimensions=body.dimensions,  # type: ignore[arg-type]
                       normalize=body.normalize is not False, field="inputs")  # fmt: skip
 
 

@@ -186,6 +186,20 @@ class Embedder(Scorer):
             encoding.bill(range(start, stop), items)
             yield items
 
+    def id_steps(self, arrays: Sequence[Sequence[int]], encoding: Encoding) -> Iterator[Step]:
+        """Inputs already in the model's own token ids (TEI), used as given, cut to the window."""
+        for start in range(0, len(arrays), ITEMS_PER_STEP):
+            items = []
+            for ids in arrays[start : start + ITEMS_PER_STEP]:
+                kept = list(ids[: self._max_length])
+                features: dict[str, Any] = {"input_ids": kept, "attention_mask": [1] * len(kept)}
+                if self._type_ids:
+                    features["token_type_ids"] = [0] * len(kept)
+                items.append(Item(len(kept), features))
+            yield Cost(len(items), sum(i.length for i in items))
+            encoding.bill(range(start, start + len(items)), items)
+            yield items
+
     def forward(self, items: Sequence[Item]) -> list[Any]:
         """One pooled fp32 vector (not normalized) per item; a dict for an item that asked for more."""
         import torch
