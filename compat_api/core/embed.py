@@ -178,10 +178,12 @@ def quantize(vectors: np.ndarray, kind: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Tokens:
     """A text's tokens: ids of the model's tokenizer and the slices of the text they cover,
-    which concatenate back to exactly the text."""
+    which concatenate back to exactly the text; and the special tokens the model frames it with."""
 
     ids: list[int]
     strings: list[str]
+    before: list[tuple[int, str]]
+    after: list[tuple[int, str]]
 
 
 async def tokenize(registry: ModelRegistry, text: str, model: str | None = None, *, field: str = "text") -> Tokens:
@@ -198,7 +200,8 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
     ids, starts = await asyncio.to_thread(embedder.token_offsets, utf8_safe(text))
     bounds = [0, *starts[1:], len(text)] if starts else [0, len(text)]
     strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))] if ids else []
-    return Tokens(ids=ids, strings=strings)
+    before, after = embedder.frame()
+    return Tokens(ids=ids, strings=strings, before=before, after=after)
 
 
 async def detokenize(registry: ModelRegistry, ids: Sequence[int], model: str | None = None) -> str:

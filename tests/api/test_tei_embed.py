@@ -50,8 +50,12 @@ def test_similarity_by_its_keys(stack_client: TestClient) -> None:
 
 
 def test_tokenize_and_decode(stack_client: TestClient) -> None:
-    [tokens] = stack_client.post("/tokenize", json={"inputs": "hello paris"}).json()
+    [framed] = stack_client.post("/tokenize", json={"inputs": "hello paris"}).json()
+    specials = [TeiToken.model_validate(t) for t in framed if t["special"]]
+    assert [(t.text, t.start) for t in specials] == [("<s>", None), ("</s>", None)]
+    [tokens] = stack_client.post("/tokenize", json={"inputs": "hello paris", "add_special_tokens": False}).json()
     parsed = [TeiToken.model_validate(t) for t in tokens]
+    assert len(parsed) == len(framed) - 2 and not any(t.special for t in parsed)
     assert "".join(t.text for t in parsed) == "hello paris"
     assert all("hello paris"[t.start : t.stop] == t.text for t in parsed if t.start is not None)
     cohere = stack_client.post("/tokenize", json={"text": "hello paris"}).json()
@@ -131,7 +135,7 @@ def test_sparse_and_multi_vector_outputs_over_tei(tmp_path: Path, tiny_embedder_
 def test_token_id_inputs_are_the_models_own(stack_client: TestClient) -> None:
     """TEI's `/embed` reads token arrays as the model's ids: the ids of a text (specials included) embed as it."""
     [tokens] = stack_client.post("/tokenize", json={"inputs": TEXTS[1]}).json()
-    ids = [0, *(t["id"] for t in tokens), 2]  # <s> … </s>, as the tokenizer frames a text
+    ids = [t["id"] for t in tokens]  # <s> … </s> included, as the tokenizer frames a text
     by_ids = stack_client.post("/embed", json={"inputs": [ids]})
     assert by_ids.status_code == 200, by_ids.text
     assert np.allclose(by_ids.json()[0], reference(stack_client, [TEXTS[1]])[0], atol=1e-6)

@@ -104,7 +104,8 @@ async def tei_tokenize(request: Request, registry: ModelRegistry, body: tei.TeiT
     answer = []
     for i, text in enumerate(tei.texts(body.inputs)):
         tokens = await bounded(request, registry, tokenize(registry, text, model, field=f"inputs[{i}]"))
-        answer.append([token.model_dump() for token in tei.tokens_from_core(text, tokens)])
+        framed = tei.tokens_from_core(text, tokens, body.add_special_tokens is not False)
+        answer.append([token.model_dump() for token in framed])
     return answer
 
 

@@ -150,13 +150,18 @@ def similarity_from_core(outcome: EmbedOutcome) -> list[float]:
     return [float(v) for v in others @ source]
 
 
-def tokens_from_core(text: str, tokens: Tokens) -> list[TeiToken]:
-    """TEI's token objects: each token's own slice of the text (its offsets) and its id."""
+def tokens_from_core(text: str, tokens: Tokens, add_special_tokens: bool) -> list[TeiToken]:
+    """TEI's token objects: each token's own slice of the text (its offsets) and its id, framed by
+    the model's special tokens (no offsets) unless `add_special_tokens` is false."""
     out, at = [], 0
     for token_id, piece in zip(tokens.ids, tokens.strings, strict=True):
         out.append(TeiToken(id=token_id, text=piece, special=False, start=at, stop=at + len(piece)))
         at += len(piece)
-    return out
+    if not add_special_tokens:
+        return out
+    before = [TeiToken(id=i, text=t, special=True, start=None, stop=None) for i, t in tokens.before]
+    after = [TeiToken(id=i, text=t, special=True, start=None, stop=None) for i, t in tokens.after]
+    return before + out + after
 
 
 def decode_ids(body: TeiDecodeRequest) -> list[list[int]]:

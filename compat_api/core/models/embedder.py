@@ -163,6 +163,14 @@ class Embedder(Scorer):
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return list(enc["input_ids"]), [int(start) for start, _ in enc["offset_mapping"]]
 
+    def frame(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        """The special tokens the tokenizer puts before and after a text, as (id, token string)."""
+
+        def named(ids: list[int]) -> list[tuple[int, str]]:
+            return list(zip(ids, [str(t) for t in self.tokenizer.convert_ids_to_tokens(ids)], strict=True))
+
+        return named(self._prefix), named(self._suffix)
+
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
