@@ -12,7 +12,7 @@ import numpy as np
 
 from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded
 from compat_api.core.models.base import Encoding
-from compat_api.core.models.embedder import Embedder, Outputs
+from compat_api.core.models.embedder import Embedder, Outputs, Truncate
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.text import utf8_safe
 
@@ -34,6 +34,7 @@ class EmbedQuery:
     query: bool = False  # queries get the model's query instruction (RERANK_EMBEDDING_QUERY_INSTRUCTION), if any
     max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
     uncounted: int = 0  # leading inputs the server adds (TEI similarity's source), not counted against the limit
+    truncate: Truncate = "end"  # where a text longer than the window is cut ("none": refused, 413)
     token_ids: Sequence[Sequence[int]] | None = None  # inputs already in the model's own ids (TEI), used as given
 
 
@@ -114,7 +115,7 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
         check_ids(request.token_ids, model.vocabulary_size, request.field)
         steps = model.id_steps(request.token_ids, encoding)
     else:
-        steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens)
+        steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens, truncate=request.truncate)
     outputs = await engine.run(steps, estimate=len(texts), field=request.field)
     vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
     return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)

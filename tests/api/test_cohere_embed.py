@@ -144,3 +144,20 @@ def test_the_cohere_sdk_and_langchain(server: str) -> None:
     langchain = CohereEmbeddings(cohere_api_key="key", base_url=server, model="embed-multilingual-v3.0")  # type: ignore[call-arg]
     assert np.allclose(langchain.embed_documents(TEXTS), floats.embeddings, atol=1e-6)
     assert len(langchain.embed_query(TEXTS[0])) == 32
+
+
+def test_truncate_end_start_and_none(stack_client: TestClient) -> None:
+    long = "paris " * 400 + "berlin " * 400  # longer than the window at both ends
+
+    def vector(body: dict[str, Any]) -> np.ndarray:
+        response = stack_client.post("/v1/embed", json={"texts": [long], **body})
+        assert response.status_code == 200, response.text
+        return np.asarray(response.json()["embeddings"][0])
+
+    end, start = vector({}), vector({"truncate": "START"})
+    assert np.allclose(vector({"truncate": "END"}), end, atol=1e-6) and not np.allclose(start, end, atol=1e-3)
+    tei_left = stack_client.post("/embed", json={"inputs": long, "truncation_direction": "Left"}).json()[0]
+    assert np.allclose(tei_left, start, atol=1e-6)
+    refused = stack_client.post("/v1/embed", json={"texts": ["short", long], "truncate": "NONE"})
+    assert refused.status_code == 413 and "texts[1]" in ErrorBody.model_validate(refused.json()).message
+    assert stack_client.post("/v1/embed", json={"texts": ["short"], "truncate": "NONE"}).status_code == 200

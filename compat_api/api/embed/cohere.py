@@ -25,6 +25,7 @@ from compat_api.api.deps import Registry, bounded, run_embed
 from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
 from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList, NonNegativeInt, PositiveInt
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, detokenize, quantize, tokenize
+from compat_api.core.models.embedder import Truncate
 
 router = APIRouter(tags=["embeddings (Cohere)"], dependencies=API_KEY, responses={**UNAUTHORIZED, **ERROR_RESPONSES})
 
@@ -45,7 +46,7 @@ class CohereEmbedRequest(BaseModel):
     input_type: InputType | None = Field(None, description="search_query applies the model's query instruction.")
     embedding_types: list[EmbeddingType] | None = Field(None, max_length=SMALL_LIST)
     truncate: Literal["NONE", "START", "END"] | None = Field(
-        None, description="Texts longer than the window are always truncated (at the end)."
+        None, description="A text longer than the window: END (default) or START cut there, NONE refuses it."
     )
 
 
@@ -121,10 +122,11 @@ def v2_texts(body: CohereV2EmbedRequest) -> list[str]:
 
 def to_core(body: CohereEmbedRequest | CohereV2EmbedRequest) -> EmbedQuery:
     query = body.input_type == "search_query"
+    truncate: Truncate = {"START": "start", "NONE": "none"}.get(body.truncate or "END", "end")  # type: ignore[assignment]
     if isinstance(body, CohereEmbedRequest):
-        return EmbedQuery(inputs=body.texts, model=body.model, field="texts", query=query)
+        return EmbedQuery(inputs=body.texts, model=body.model, field="texts", query=query, truncate=truncate)
     field = "texts" if body.texts is not None else "inputs"
-    return EmbedQuery(inputs=v2_texts(body), model=body.model, field=field, query=query,
+    return EmbedQuery(inputs=v2_texts(body), model=body.model, field=field, query=query, truncate=truncate,
                       dimensions=body.output_dimension, max_tokens=body.max_tokens)  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, TokenOutcome, Tokens
 from compat_api.core.errors import EmptyInput
+from compat_api.core.models.embedder import Truncate
 
 Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is TEI's 400 Empty
 
@@ -130,8 +131,9 @@ def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
         # `inputs` stand for the arrays in the limits' count; the model reads `token_ids`
         return EmbedQuery(inputs=["ids"] * len(arrays), token_ids=arrays, model=model, dimensions=body.dimensions,
                           normalize=body.normalize is not False, field="inputs")  # fmt: skip
+    side: Truncate = "start" if (body.truncation_direction or "right").lower() == "left" else "end"
     return EmbedQuery(inputs=texts(inputs), model=model, dimensions=body.dimensions,  # type: ignore[arg-type]
-                      normalize=body.normalize is not False, field="inputs")  # fmt: skip
+                      normalize=body.normalize is not False, field="inputs", truncate=side)  # fmt: skip
 
 
 def embed_from_core(outcome: EmbedOutcome) -> list[list[float]]:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compat_api.core.errors import ModelFailure, ModelLoadError
+from compat_api.core.errors import LimitExceeded, ModelFailure, ModelLoadError
 from compat_api.core.models.base import (
     ITEMS_PER_STEP,
     LOAD_ERRORS,
@@ -36,6 +36,7 @@ from compat_api.core.models.base import (
     Step,
     best_per_document,
     check_model_dir,
+    cut,
     document_slices,
     fit_document,
     model_window,
@@ -50,6 +51,8 @@ Pooling = Literal["cls", "mean"]
 # What an item asks of the forward besides its pooled vector (the `_outputs` feature):
 # "m3": bge-m3's lexical weights and multi-vector (ColBERT) outputs; "tokens": every token's vector.
 Outputs = Literal["m3", "tokens"]
+# Where a text longer than the window is cut: its end (FlagEmbedding's way), its start, or not at all (413).
+Truncate = Literal["end", "start", "none"]
 
 
 def detect_pooling(path: str | Path) -> Pooling:
@@ -177,22 +180,41 @@ class Embedder(Scorer):
     # ------------------------------------------------------------------ embeddings
 
     def embed_steps(self, texts: Sequence[str], encoding: Encoding, *, max_tokens: int | None = None,
-                    outputs: Outputs | None = None) -> Iterator[Step]:  # fmt: skip
+                    outputs: Outputs | None = None, truncate: Truncate = "end") -> Iterator[Step]:  # fmt: skip
         """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the
-        window (or to `max_tokens`, special tokens included). With `outputs`, each item's output is
-        a dict with its pooled vector under "dense" and the asked outputs beside it."""
+        window (or to `max_tokens`, special tokens included): at its end, at its `start`, or, with
+        `none`, a text that does not fit is refused (413). With `outputs`, each item's output is a
+        dict with its pooled vector under "dense" and the asked outputs beside it."""
         if outputs == "m3" and self.heads is None:
             raise ModelFailure(
                 f"model {self.info.name!r} has no sparse and multi-vector heads (sparse_linear.pt, "
                 "colbert_linear.pt beside its weights, as bge-m3 has)"
             )
         for start, stop in document_slices(texts):
-            items = self._texts(list(texts[start:stop]), max_tokens)
+            if truncate == "end":
+                items = self._texts(list(texts[start:stop]), max_tokens)
+            else:
+                items = self._framed(texts, start, stop, max_tokens, truncate)
             if outputs is not None:
                 items = [Item(i.length, {**i.features, "_outputs": outputs}) for i in items]
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, stop), items)
             yield items
+
+    def _framed(self, texts: Sequence[str], start: int, stop: int, max_tokens: int | None,
+                truncate: Truncate) -> list[Item]:  # fmt: skip
+        """Texts tokenized whole, then cut from their start (or refused when they do not fit)."""
+        limit = self._max_length if max_tokens is None else max(1, min(self._max_length, max_tokens))
+        room = max(1, limit - len(self._prefix) - len(self._suffix))
+        full = self.tokenizer(list(texts[start:stop]), add_special_tokens=False, verbose=False)["input_ids"]
+        for offset, ids in enumerate(full):
+            if truncate == "none" and len(ids) > room:
+                raise LimitExceeded(
+                    f"texts[{start + offset}] has {len(ids)} tokens, more than the {room} the model reads "
+                    "(truncate NONE); send it shorter or truncate START or END",
+                    field=f"texts[{start + offset}]",
+                )
+        return [self._piece(cut(list(ids), room, left=True)) for ids in full]
 
     def id_steps(self, arrays: Sequence[Sequence[int]], encoding: Encoding) -> Iterator[Step]:
         """Inputs already in the model's own token ids (TEI), used as given, cut to the window."""
