@@ -139,6 +139,8 @@ def test_token_id_inputs_are_the_models_own(stack_client: TestClient) -> None:
     by_ids = stack_client.post("/embed", json={"inputs": [ids]})
     assert by_ids.status_code == 200, by_ids.text
     assert np.allclose(by_ids.json()[0], reference(stack_client, [TEXTS[1]])[0], atol=1e-6)
+    one = stack_client.post("/embed", json={"inputs": ids}).json()  # a single input as ids
+    assert len(one) == 1 and np.allclose(one[0], by_ids.json()[0], atol=1e-6)
     bad_inputs: list[list[list[int]]] = [[[]], [[10**9]], [[1, -1]]]
     for bad in bad_inputs:
         response = stack_client.post("/embed", json={"inputs": bad})

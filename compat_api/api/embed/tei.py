@@ -33,11 +33,12 @@ IdsInput = Annotated[IdList, WithJsonSchema({"type": "array", "minItems": 1, "it
 
 
 class TeiEmbedRequest(BaseModel):
-    """TEI embed request: texts, or inputs already in the model's own token ids."""
+    """TEI embed request: a text, texts, one input in the model's own token ids, or several (TEI's
+    `Input`; a list mixing texts and id arrays is not taken)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Text | Annotated[list[Text], DocumentList] | Annotated[list[IdsInput], DocumentList] = Field(
+    inputs: Text | Annotated[list[Text], DocumentList] | IdsInput | Annotated[list[IdsInput], DocumentList] = Field(
         json_schema_extra={"minItems": 1, **LIMITED}
     )
     normalize: bool | None = Field(None, description="Unit-length vectors (default true); false: the pooled vector.")
@@ -123,6 +124,8 @@ def texts(inputs: str | list[str]) -> list[str]:
 def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
     """Texts, or token-id arrays (the model's own ids: embedded as given)."""
     inputs = body.inputs
+    if isinstance(inputs, list) and inputs and all(isinstance(v, int) for v in inputs):
+        inputs = [inputs]  # type: ignore[assignment]  # one input, as token ids
     if isinstance(inputs, list) and inputs and all(isinstance(v, list) for v in inputs):
         arrays = [list(ids) for ids in inputs if isinstance(ids, list)]
         for i, ids in enumerate(arrays):
