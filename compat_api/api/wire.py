@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 # The limit in force for the request being validated (set per request by the app's middleware).
@@ -31,7 +31,8 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _within_document_limit(value: Any) -> Any:
+def within_document_limit(value: Any) -> Any:
+    """A list longer than the request's document limit is refused by its length (413)."""
     limit = DOCUMENT_LIMIT.get()
     if isinstance(value, list) and len(value) > limit:
         raise PydanticCustomError(
@@ -48,4 +49,9 @@ PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 ChunkCount = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
 # The marker under which the app publishes its document limit in the OpenAPI document.
 LIMITED = {"x-limit": "documents"}
-DocumentList = BeforeValidator(_within_document_limit)
+DocumentList = BeforeValidator(within_document_limit)
+# A text the schema promises non-empty; an empty one is still answered by the core (the dialect's
+# 400 naming the input), not by validation.
+Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]
+# A token id of the served embedding model; the app states the vocabulary's size as `maximum`.
+TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]

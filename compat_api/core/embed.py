@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from compat_api.core.engine import BatchEngine
 from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded
 from compat_api.core.models.base import Encoding
 from compat_api.core.models.embedder import Embedder, Outputs, Truncate
@@ -69,13 +70,19 @@ def check_inputs(request: EmbedQuery, max_inputs: int, max_chars: int) -> None:
             )
 
 
+def check_vocabulary(ids: Sequence[int], size: int, where: str, field: str | None = None) -> None:
+    """Token ids given by the client must be the model's: 0 to its vocabulary size. The error names
+    `where[j]` (and `field`, that by default)."""
+    for j, token in enumerate(ids):
+        if not 0 <= token < size:
+            raise InvalidInput(f"{where}[{j}]: {token} is not a token id of the model (0 to {size - 1})",
+                               field=field or f"{where}[{j}]")  # fmt: skip
+
+
 def check_ids(arrays: Sequence[Sequence[int]], size: int, field: str) -> None:
-    """Token ids given by the client must be the model's: 0 to its vocabulary size."""
+    """Every token-id input must be in the model's vocabulary."""
     for i, ids in enumerate(arrays):
-        for j, token in enumerate(ids):
-            if not 0 <= token < size:
-                where = f"{field}[{i}][{j}]"
-                raise InvalidInput(f"{where}: {token} is not a token id of the model (0 to {size - 1})", field=where)
+        check_vocabulary(ids, size, f"{field}[{i}]")
 
 
 def check_dimensions(dimensions: int | None, size: int) -> None:
@@ -99,14 +106,19 @@ def shape(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.nd
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def _embedder(registry: ModelRegistry, name: str | None) -> tuple[BatchEngine, Embedder]:
+    """The engine of the embedding model a request resolves to; this version serves the whole request."""
+    engine = registry.embedder(name).engine
+    model = engine.scorer
+    assert isinstance(model, Embedder)
+    return engine, model
+
+
 async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     """Embed each input with the embedding model the request resolves to."""
     settings = registry.settings
     check_inputs(request, settings.max_documents, settings.max_document_chars)
-    served = registry.embedder(request.model)
-    engine = served.engine  # this version serves the whole request
-    model = engine.scorer
-    assert isinstance(model, Embedder)
+    engine, model = _embedder(registry, request.model)
     check_dimensions(request.dimensions, model.dimensions)
     instruction = settings.embedding_query_instruction if request.query else ""
     texts = [instruction + utf8_safe(text) for text in request.inputs]
@@ -137,9 +149,7 @@ async def embed_tokens(registry: ModelRegistry, request: EmbedQuery, outputs: Ou
     error), or each token's vector ("tokens"), batched in the engine like any embedding."""
     settings = registry.settings
     check_inputs(request, settings.max_documents, settings.max_document_chars)
-    engine = registry.embedder(request.model).engine
-    model = engine.scorer
-    assert isinstance(model, Embedder)
+    engine, model = _embedder(registry, request.model)
     texts = [utf8_safe(text) for text in request.inputs]
     encoding = Encoding(len(texts))
     steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens, outputs=outputs)
@@ -196,8 +206,7 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
         raise LimitExceeded(
             f"{field}: {len(text)} characters exceed the limit of {limit} (RERANK_MAX_DOCUMENT_CHARS)", field=field
         )
-    embedder = registry.embedder(model).engine.scorer
-    assert isinstance(embedder, Embedder)
+    _, embedder = _embedder(registry, model)
     ids, starts = await asyncio.to_thread(embedder.token_offsets, utf8_safe(text))
     bounds = [0, *starts[1:], len(text)] if starts else [0, len(text)]
     strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))] if ids else []
@@ -207,11 +216,6 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
 
 async def detokenize(registry: ModelRegistry, ids: Sequence[int], model: str | None = None) -> str:
     """The text of the embedding model's token ids; an id outside its vocabulary is a 4xx."""
-    embedder = registry.embedder(model).engine.scorer
-    assert isinstance(embedder, Embedder)
-    size = embedder.vocabulary_size
-    for i, token in enumerate(ids):
-        if not 0 <= token < size:
-            raise InvalidInput(f"tokens[{i}]: {token} is not a token id of the model (0 to {size - 1})",
-                               field="tokens")  # fmt: skip
+    _, embedder = _embedder(registry, model)
+    check_vocabulary(ids, embedder.vocabulary_size, "tokens", field="tokens")
     return await asyncio.to_thread(embedder.decode, list(ids))

@@ -306,7 +306,7 @@ class ModelRegistry:
                  *, unknown_is_default: bool) -> ServedModel:  # fmt: skip
         if name is None:
             return candidates[0]  # the first configured model of the family is its default
-        named = next((m for m in self._models.values() if m.answers_to(name)), None)
+        named = self._named(name)
         if named is None:
             if unknown_is_default:
                 return candidates[0]
@@ -332,7 +332,7 @@ class ModelRegistry:
         id by its family (a name with "rerank" in it asks for a reranker, any other for an embedding
         model) when that family has one model; with one model served, any id."""
         asked: Family = "rerank" if "rerank" in name.lower() else "embedding"
-        served = next((m for m in self._models.values() if m.answers_to(name)), None)
+        served = self._named(name)
         if served is None:
             candidates = [m for m in self._models.values() if asked in self.roles(m)]
             if len(candidates) == 1:
@@ -345,11 +345,14 @@ class ModelRegistry:
         roles = self.roles(served)
         return served, asked if asked in roles else roles[0]
 
+    def _named(self, name: str) -> ServedModel | None:
+        return next((m for m in self._models.values() if m.answers_to(name)), None)
+
     def find(self, name: str) -> ServedModel:
         """The model with exactly this name or alias."""
-        for served in self._models.values():
-            if served.answers_to(name):
-                return served
+        served = self._named(name)
+        if served is not None:
+            return served
         raise ModelNotFound(
             f"model {clip(name)!r} is not served here; served: {', '.join(sorted(self._models))}", field="model"
         )

@@ -18,18 +18,17 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, bounded, run_embed
 from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
-from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList, NonNegativeInt, PositiveInt
+from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList, PositiveInt, Text, TokenId
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, detokenize, quantize, tokenize
 from compat_api.core.models.embedder import Truncate
 
 router = APIRouter(tags=["embeddings (Cohere)"], dependencies=API_KEY, responses={**UNAUTHORIZED, **ERROR_RESPONSES})
 
-Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is the core's 400
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 InputType = Literal["search_document", "search_query", "classification", "clustering", "image"]
 EXAMPLE: dict[str, Any] = {"model": "embed-multilingual-v3.0", "texts": ["hello", "goodbye"],
@@ -92,9 +91,6 @@ class TokenizeResponse(BaseModel):
     tokens: list[int]
     token_strings: list[str]
     meta: dict[str, Any]
-
-
-TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]
 
 
 class DetokenizeRequest(BaseModel):

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_embed
 from compat_api.api.errors import ERROR_RESPONSES, OPENAI, OpenAIErrorBody, dialect
-from compat_api.api.wire import DOCUMENT_LIMIT, LIMITED, TOO_MANY, NonNegativeInt
+from compat_api.api.wire import LIMITED, NonNegativeInt, Text, within_document_limit
 from compat_api.core.embed import EmbedOutcome, EmbedQuery
 from compat_api.core.tokens import decode_token_arrays
 
@@ -37,7 +37,6 @@ INPUT_SHAPES = "a string, a list of strings, a list of {text} objects, a token a
 
 # What the schema promises (an empty text or token array is refused with the dialect's 400/422,
 # from the core, naming the input); token ids up to cl100k_base's last ordinary one.
-Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]
 TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": 100255}
 TokenIds = Annotated[list[int], WithJsonSchema({"type": "array", "minItems": 1, "items": TOKEN_ID})]
 
@@ -68,10 +67,7 @@ def _input_shape(value: Any) -> Any:
         return value
     if not isinstance(value, list):
         raise PydanticCustomError("input_shape", f"input must be {INPUT_SHAPES}")
-    limit = DOCUMENT_LIMIT.get()
-    if len(value) > limit:
-        raise PydanticCustomError(TOO_MANY, "{count} items exceed the limit of {limit} per request "
-                                  "(RERANK_MAX_DOCUMENTS)", {"count": len(value), "limit": limit})  # fmt: skip
+    within_document_limit(value)
     kinds = {"id" if _is_id(v) else "ids" if _is_ids(v) else type(v).__name__ for v in value}
     if len(kinds) > 1:
         raise PydanticCustomError(
@@ -145,11 +141,11 @@ def encode_vector(vector: np.ndarray, encoding_format: str | None) -> list[float
     return cast(list[float], vector.tolist())
 
 
-def from_core(outcome: EmbedOutcome, body: OpenAIEmbeddingRequest, model: str | None) -> dict[str, Any]:
+def from_core(outcome: EmbedOutcome, body: OpenAIEmbeddingRequest) -> dict[str, Any]:
     """The response, with `model` echoed as the client sent it (the served name when absent)."""
     data = [{"object": "embedding", "embedding": encode_vector(v, body.encoding_format), "index": i}
             for i, v in enumerate(outcome.vectors)]  # fmt: skip
-    return {"object": "list", "data": data, "model": model or outcome.model,
+    return {"object": "list", "data": data, "model": body.model or outcome.model,
             "usage": {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens}}  # fmt: skip
 
 
@@ -168,4 +164,4 @@ async def embeddings(
 ) -> JSONResponse:
     """Embed each input (OpenAI, Jina, LocalAI, infinity, FastGPT and Dify's providers)."""
     outcome = await run_embed(request, registry, to_core(body))
-    return JSONResponse(from_core(outcome, body, body.model))
+    return JSONResponse(from_core(outcome, body))

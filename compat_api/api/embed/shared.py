@@ -245,4 +245,4 @@ async def model_openai(model: str, body: openai.OpenAIEmbeddingRequest, request:
                        registry: Registry) -> JSONResponse:  # fmt: skip
     """OpenAI-shaped embeddings of this model, whatever `model` the body names (Dify's TEI provider sends none)."""
     query = replace(openai.to_core(body), model=registry.find(model).spec.name)
-    return JSONResponse(openai.from_core(await run_embed(request, registry, query), body, body.model))
+    return JSONResponse(openai.from_core(await run_embed(request, registry, query), body))

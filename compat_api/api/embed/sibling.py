@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_embed
 from compat_api.api.errors import ERROR_RESPONSES, SIBLING, dialect
-from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList
+from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList, Text
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, pairwise
 from compat_api.core.errors import LimitExceeded
 
@@ -28,9 +28,6 @@ router = APIRouter(tags=["embeddings (original template)"], dependencies=[*API_K
 EMBEDDING_EXAMPLE: dict[str, Any] = {"input": ["什么是函数计算", "Function Compute is a serverless service"]}
 SIMILARITY_EXAMPLE: dict[str, Any] = {"input": ["What is Deep Learning?", "Deep Learning is a branch of AI.",
                                                 "Cheese is made from milk."]}  # fmt: skip
-
-
-Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is the core's 400
 
 
 class EmbeddingRequest(BaseModel):

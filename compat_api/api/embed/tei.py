@@ -18,15 +18,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt
+from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt, Text, TokenId
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, TokenOutcome, Tokens
 from compat_api.core.errors import EmptyInput
 from compat_api.core.models.embedder import Truncate
 
-Text = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]  # "" is TEI's 400 Empty
-
-
-TokenId = Annotated[NonNegativeInt, Field(json_schema_extra={"x-limit": "token_id"})]
 IdList = Annotated[list[TokenId], DocumentList]
 ID_SCHEMA = {"type": "integer", "minimum": 0, "x-limit": "token_id"}
 IdsInput = Annotated[IdList, WithJsonSchema({"type": "array", "minItems": 1, "items": ID_SCHEMA})]
