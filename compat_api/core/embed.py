@@ -36,7 +36,8 @@ class EmbedQuery:
     max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
     uncounted: int = 0  # leading inputs the server adds (TEI similarity's source), not counted against the limit
     truncate: Truncate = "end"  # where a text longer than the window is cut ("none": refused, 413)
-    token_ids: Sequence[Sequence[int]] | None = None  # inputs already in the model's own ids (TEI), used as given
+    # per input, its text's place taken by the model's own token ids (TEI), used as given; None: a text
+    token_ids: Sequence[Sequence[int] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,11 @@ def check_vocabulary(ids: Sequence[int], size: int, where: str, field: str | Non
                                field=field or f"{where}[{j}]")  # fmt: skip
 
 
-def check_ids(arrays: Sequence[Sequence[int]], size: int, field: str) -> None:
-    """Every token-id input must be in the model's vocabulary."""
+def check_ids(arrays: Sequence[Sequence[int] | None], size: int, field: str) -> None:
+    """Every token-id input must be in the model's vocabulary (None: that input is a text)."""
     for i, ids in enumerate(arrays):
-        check_vocabulary(ids, size, f"{field}[{i}]")
+        if ids is not None:
+            check_vocabulary(ids, size, f"{field}[{i}]")
 
 
 def check_dimensions(dimensions: int | None, size: int) -> None:
@@ -122,15 +124,33 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     check_dimensions(request.dimensions, model.dimensions)
     instruction = settings.embedding_query_instruction if request.query else ""
     texts = [instruction + utf8_safe(text) for text in request.inputs]
-    encoding = Encoding(len(texts))
-    if request.token_ids is not None:
-        check_ids(request.token_ids, model.vocabulary_size, request.field)
-        steps = model.id_steps(request.token_ids, encoding)
-    else:
-        steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens, truncate=request.truncate)
-    outputs = await engine.run(steps, estimate=len(texts), field=request.field)
+    outputs, tokens = await _run(engine, model, request, texts)
     vectors = shape(np.stack(outputs), request.dimensions, request.normalize)
-    return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=encoding.tokens)
+    return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=tokens)
+
+
+async def _run(engine: BatchEngine, model: Embedder, request: EmbedQuery, texts: list[str],
+               outputs: Outputs | None = None) -> tuple[list[Any], int]:  # fmt: skip
+    """Each input's model output, in input order, and the tokens read. Texts and id arrays (TEI
+    may mix them in one request) go to the engine side by side and are batched alike."""
+    ids = request.token_ids if request.token_ids is not None else [None] * len(texts)
+    check_ids(ids, model.vocabulary_size, request.field)
+    by_text = [i for i, given in enumerate(ids) if given is None]
+    by_ids = [i for i, given in enumerate(ids) if given is not None]
+    read, given = Encoding(len(by_text)), Encoding(len(by_ids))
+    runs = []
+    if by_text:
+        steps = model.embed_steps([texts[i] for i in by_text], read, max_tokens=request.max_tokens,
+                                  truncate=request.truncate, outputs=outputs)  # fmt: skip
+        runs.append(engine.run(steps, estimate=len(by_text), field=request.field))
+    if by_ids:
+        steps = model.id_steps([ids[i] or [] for i in by_ids], given, outputs=outputs)
+        runs.append(engine.run(steps, estimate=len(by_ids), field=request.field))
+    results: list[Any] = [None] * len(texts)
+    for places, done in zip([p for p in (by_text, by_ids) if p], await asyncio.gather(*runs), strict=True):
+        for place, output in zip(places, done, strict=True):
+            results[place] = output
+    return results, read.tokens + given.tokens
 
 
 @dataclass(frozen=True)
@@ -151,10 +171,8 @@ async def embed_tokens(registry: ModelRegistry, request: EmbedQuery, outputs: Ou
     check_inputs(request, settings.max_documents, settings.max_document_chars)
     engine, model = _embedder(registry, request.model)
     texts = [utf8_safe(text) for text in request.inputs]
-    encoding = Encoding(len(texts))
-    steps = model.embed_steps(texts, encoding, max_tokens=request.max_tokens, outputs=outputs)
-    results = await engine.run(steps, estimate=len(texts), field=request.field)
-    return TokenOutcome(model=model.info.name, outputs=results, tokens=encoding.tokens)
+    results, tokens = await _run(engine, model, request, texts, outputs)
+    return TokenOutcome(model=model.info.name, outputs=results, tokens=tokens)
 
 
 def pairwise(vectors: np.ndarray) -> list[tuple[int, int, float]]:

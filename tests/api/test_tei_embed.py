@@ -145,3 +145,20 @@ def test_token_id_inputs_are_the_models_own(stack_client: TestClient) -> None:
     for bad in bad_inputs:
         response = stack_client.post("/embed", json={"inputs": bad})
         assert 400 <= response.status_code < 500 and TeiErrorBody.model_validate(response.json()).error
+
+
+def test_texts_and_token_ids_mixed_in_one_request(stack_client: TestClient) -> None:
+    """TEI's `Input` is a list of `InputType`s: texts and id arrays side by side, each vector in its
+    place, equal to the same input sent alone; usage counts both."""
+    [tokens] = stack_client.post("/tokenize", json={"inputs": TEXTS[1]}).json()
+    ids = [t["id"] for t in tokens]
+    mixed = stack_client.post("/embed", json={"inputs": [TEXTS[0], ids, TEXTS[2], ids]})
+    assert mixed.status_code == 200, mixed.text
+    want = reference(stack_client, TEXTS)
+    got = np.asarray(mixed.json())
+    assert got.shape == (4, want.shape[1])
+    assert np.allclose(got[[0, 1, 2]], want, atol=1e-6) and np.allclose(got[3], want[1], atol=1e-6)
+    wrong = stack_client.post("/embed", json={"inputs": ["a", [1, 10**9]]})
+    assert wrong.status_code == 422 and "inputs[1][1]" in TeiErrorBody.model_validate(wrong.json()).error
+    empty = stack_client.post("/embed", json={"inputs": ["a", []]})
+    assert empty.status_code == 400 and "inputs[1]" in TeiErrorBody.model_validate(empty.json()).error

@@ -28,15 +28,20 @@ ID_SCHEMA = {"type": "integer", "minimum": 0, "x-limit": "token_id"}
 IdsInput = Annotated[IdList, WithJsonSchema({"type": "array", "minItems": 1, "items": ID_SCHEMA})]
 
 
+# TEI's `Input`: one `InputType` (a text, or the model's own token ids) or a list of them, texts
+# and id arrays mixed as the client likes.
+Inputs = Annotated[
+    Text | IdsInput | Annotated[list[Text | IdsInput], DocumentList],
+    Field(json_schema_extra={"minItems": 1, **LIMITED}),
+]
+
+
 class TeiEmbedRequest(BaseModel):
-    """TEI embed request: a text, texts, one input in the model's own token ids, or several (TEI's
-    `Input`; a list mixing texts and id arrays is not taken)."""
+    """TEI embed request."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Text | Annotated[list[Text], DocumentList] | IdsInput | Annotated[list[IdsInput], DocumentList] = Field(
-        json_schema_extra={"minItems": 1, **LIMITED}
-    )
+    inputs: Inputs
     normalize: bool | None = Field(None, description="Unit-length vectors (default true); false: the pooled vector.")
     truncate: bool | None = Field(None, description="Inputs longer than the window are always truncated.")
     truncation_direction: Literal["Left", "Right", "left", "right"] | None = None
@@ -51,7 +56,7 @@ class TeiTokensRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    inputs: Text | Annotated[list[Text], DocumentList] = Field(json_schema_extra={"minItems": 1, **LIMITED})
+    inputs: Inputs
     truncate: bool | None = None
     truncation_direction: Literal["Left", "Right", "left", "right"] | None = None
     prompt_name: str | None = None
@@ -73,7 +78,8 @@ def all_from_core(outcome: TokenOutcome) -> list[list[list[float]]]:
 
 
 def tokens_to_core(body: TeiTokensRequest, model: str | None) -> EmbedQuery:
-    return EmbedQuery(inputs=texts(body.inputs), model=model, field="inputs")
+    places, ids = inputs_to_core(body.inputs)
+    return EmbedQuery(inputs=places, token_ids=ids, model=model, field="inputs", truncate=side(body))
 
 
 class SimilarityInputs(BaseModel):
@@ -117,22 +123,29 @@ def texts(inputs: str | list[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else inputs
 
 
+def inputs_to_core(inputs: str | list[int] | list[str | list[int]]) -> tuple[list[str], list[list[int] | None] | None]:
+    """TEI's `Input` as the core's inputs: texts in place, and per input its token ids (None: a
+    text; no list at all: texts only). An id array's place counts in the limits as an input."""
+    one = isinstance(inputs, str) or (bool(inputs) and all(isinstance(v, int) for v in inputs))  # one text or id array
+    items: list[Any] = [inputs] if one else list(inputs)
+    ids = [list(v) if isinstance(v, list) else None for v in items]
+    for i, given in enumerate(ids):
+        if given == []:
+            raise EmptyInput(f"inputs[{i}] is an empty token array", field=f"inputs[{i}]")
+    places = [v if isinstance(v, str) else "ids" for v in items]
+    return places, ids if any(v is not None for v in ids) else None
+
+
+def side(body: TeiEmbedRequest | TeiTokensRequest) -> Truncate:
+    """TEI's `truncation_direction`: Left cuts a long text's start, Right (the default) its end."""
+    return "start" if (body.truncation_direction or "right").lower() == "left" else "end"
+
+
 def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
-    """Texts, or token-id arrays (the model's own ids: embedded as given)."""
-    inputs = body.inputs
-    if isinstance(inputs, list) and inputs and all(isinstance(v, int) for v in inputs):
-        inputs = [inputs]  # type: ignore[assignment]  # one input, as token ids
-    if isinstance(inputs, list) and inputs and all(isinstance(v, list) for v in inputs):
-        arrays = [list(ids) for ids in inputs if isinstance(ids, list)]
-        for i, ids in enumerate(arrays):
-            if not ids:
-                raise EmptyInput(f"inputs[{i}] is an empty token array", field=f"inputs[{i}]")
-        # `inputs` stand for the arrays in the limits' count; the model reads `token_ids`
-        return EmbedQuery(inputs=["ids"] * len(arrays), token_ids=arrays, model=model, dimensions=body.dimensions,
-                          normalize=body.normalize is not False, field="inputs")  # fmt: skip
-    side: Truncate = "start" if (body.truncation_direction or "right").lower() == "left" else "end"
-    return EmbedQuery(inputs=texts(inputs), model=model, dimensions=body.dimensions,  # type: ignore[arg-type]
-                      normalize=body.normalize is not False, field="inputs", truncate=side)  # fmt: skip
+    """Texts, token-id arrays (the model's own ids: embedded as given), or both mixed."""
+    places, ids = inputs_to_core(body.inputs)
+    return EmbedQuery(inputs=places, token_ids=ids, model=model, dimensions=body.dimensions,
+                      normalize=body.normalize is not False, field="inputs", truncate=side(body))  # fmt: skip
 
 
 def embed_from_core(outcome: EmbedOutcome) -> list[list[float]]:

@@ -185,21 +185,23 @@ class Embedder(Scorer):
         window (or to `max_tokens`, special tokens included): at its end, at its `start`, or, with
         `none`, a text that does not fit is refused (413). With `outputs`, each item's output is a
         dict with its pooled vector under "dense" and the asked outputs beside it."""
-        if outputs == "m3" and self.heads is None:
-            raise ModelFailure(
-                f"model {self.info.name!r} has no sparse and multi-vector heads (sparse_linear.pt, "
-                "colbert_linear.pt beside its weights, as bge-m3 has)"
-            )
+        self._check_outputs(outputs)
         for start, stop in document_slices(texts):
             if truncate == "end":
                 items = self._texts(list(texts[start:stop]), max_tokens)
             else:
                 items = self._framed(texts, start, stop, max_tokens, truncate)
-            if outputs is not None:
-                items = [Item(i.length, {**i.features, "_outputs": outputs}) for i in items]
+            items = asking(items, outputs)
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, stop), items)
             yield items
+
+    def _check_outputs(self, outputs: Outputs | None) -> None:
+        if outputs == "m3" and self.heads is None:
+            raise ModelFailure(
+                f"model {self.info.name!r} has no sparse and multi-vector heads (sparse_linear.pt, "
+                "colbert_linear.pt beside its weights, as bge-m3 has)"
+            )
 
     def _framed(self, texts: Sequence[str], start: int, stop: int, max_tokens: int | None,
                 truncate: Truncate) -> list[Item]:  # fmt: skip
@@ -216,8 +218,10 @@ class Embedder(Scorer):
                 )
         return [self._piece(cut(list(ids), room, left=True)) for ids in full]
 
-    def id_steps(self, arrays: Sequence[Sequence[int]], encoding: Encoding) -> Iterator[Step]:
+    def id_steps(self, arrays: Sequence[Sequence[int]], encoding: Encoding, *,
+                 outputs: Outputs | None = None) -> Iterator[Step]:  # fmt: skip
         """Inputs already in the model's own token ids (TEI), used as given, cut to the window."""
+        self._check_outputs(outputs)
         for start in range(0, len(arrays), ITEMS_PER_STEP):
             items = []
             for ids in arrays[start : start + ITEMS_PER_STEP]:
@@ -226,6 +230,7 @@ class Embedder(Scorer):
                 if self._type_ids:
                     features["token_type_ids"] = [0] * len(kept)
                 items.append(Item(len(kept), features))
+            items = asking(items, outputs)
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, start + len(items)), items)
             yield items
@@ -298,6 +303,11 @@ class Embedder(Scorer):
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
         query, pieces = unit[0], unit[encoding.query_items :]
         return best_per_document(encoding, [float(np.dot(query, piece)) for piece in pieces])
+
+
+def asking(items: list[Item], outputs: Outputs | None) -> list[Item]:
+    """Items marked with the outputs they ask for besides their pooled vector (none: as they are)."""
+    return items if outputs is None else [Item(i.length, {**i.features, "_outputs": outputs}) for i in items]
 
 
 def _m3_heads(path: str, hidden_size: int) -> tuple[Any, Any] | None:
