@@ -146,6 +146,7 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
         cache_dir=settings.cache_dir,
         trust_remote_code=settings.trust_remote_code,
         lanes=settings.lanes,
+        onednn_linear=settings.onednn_linear,
     )
     if kind in ("llm", "llm-layerwise", "llm-lightweight"):
         return FlagLLMScorer(spec.path, name=spec.name, kind=kind, max_length=settings.max_length, runtime=runtime,

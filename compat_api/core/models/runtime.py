@@ -2,7 +2,7 @@
 
 | backend | runs | precision | where |
 |---|---|---|---|
-| `torch` | PyTorch eager | fp32 (fp16 on a GPU by default) | CPU, GPU |
+| `torch` | PyTorch eager (CPU: Linear layers on oneDNN) | fp32 (fp16 on a GPU by default) | CPU, GPU |
 | `bf16` | PyTorch eager, oneDNN bf16 kernels | bf16 | CPUs with AVX512-BF16 or AMX only |
 | `int8` | ONNX Runtime, the export's MatMuls dynamic int8 | int8 weights | CPU |
 | `onnx` | ONNX Runtime | fp32 | CPU |
@@ -44,6 +44,7 @@ class Runtime:
     cache_dir: str = ""
     trust_remote_code: bool = False
     lanes: int = 1
+    onednn_linear: bool = True  # fp32 Linear layers on oneDNN's kernels (CPU torch backend; see onednn.py)
 
     def __post_init__(self) -> None:
         if self.backend in CPU_ONLY and self.device != "cpu":
@@ -87,6 +88,10 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
         own_memory(model)
         trim_heap()
     model = model.to(runtime.device).eval()
+    if runtime.device == "cpu" and runtime.onednn_linear:
+        from compat_api.core.models.onednn import use_onednn_linears
+
+        log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model))
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
 
 

@@ -1,0 +1,75 @@
+"""fp32 Linear layers on oneDNN: every Linear of a served model switched in place (the same weight
+tensors, no copy), its outputs those of PyTorch's default kernels, and refused (PyTorch's default
+kept) where the kernel is missing or disagrees, or when the operator turns it off."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compat_api.core.models import onednn
+from compat_api.core.models.cross_encoder import CrossEncoderScorer
+from compat_api.core.models.embedder import Embedder
+from compat_api.core.models.onednn import OneDnnLinear, use_onednn_linears
+from compat_api.core.models.runtime import Runtime
+from compat_api.core.registry import bundled_model_path
+
+TEXTS = ["paris is the capital of france", "cats " * 60, "函数计算 is a serverless computing service"]
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8, bias=False))
+
+
+def test_every_linear_switched_in_place_with_the_same_outputs() -> None:
+    model = mlp()
+    weights = [p.data_ptr() for p in model.parameters()]
+    x = torch.randn(3, 5, 16)
+    with torch.inference_mode():
+        want = model(x)
+    assert use_onednn_linears(model) == 2
+    assert all(type(m) is OneDnnLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert [p.data_ptr() for p in model.parameters()] == weights  # the same tensors: no second copy
+    with torch.inference_mode():
+        got = model(x)
+    assert got.shape == want.shape and float((got - want).abs().max()) <= 1e-5
+
+
+def test_a_disagreeing_kernel_keeps_pytorchs_default(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setattr(onednn, "_kernel", lambda x, w, b: torch.nn.functional.linear(x, w, b) + 1.0)
+    model = mlp()
+    with caplog.at_level(logging.WARNING, logger="compat_api.core.models.onednn"):
+        assert use_onednn_linears(model) == 0
+    assert "deviates" in caplog.text
+    assert not any(type(m) is OneDnnLinear for m in model.modules())
+
+
+def test_a_missing_kernel_keeps_pytorchs_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        raise RuntimeError("mkldnn::_linear_pointwise is not available in this build")
+
+    monkeypatch.setattr(onednn, "_kernel", missing)
+    assert use_onednn_linears(mlp()) == 0
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert use_onednn_linears(mlp()) == 0
+
+
+def test_served_models_give_the_default_kernels_outputs(tiny_reranker_dir: Path) -> None:
+    """The bundled model's vectors and the tiny reranker's scores, oneDNN against PyTorch's default
+    kernels (`onednn_linear=False`), which the fidelity tests tie to FlagEmbedding."""
+    path = bundled_model_path()
+    fast = Embedder(path, name="fast", max_length=512, runtime=Runtime())
+    plain = Embedder(path, name="plain", max_length=512, runtime=Runtime(onednn_linear=False))
+    assert any(type(m) is OneDnnLinear for m in fast.model.modules())
+    assert not any(type(m) is OneDnnLinear for m in plain.model.modules())
+    assert np.abs(fast.embed(TEXTS) - plain.embed(TEXTS)).max() <= 1e-5
+    scorers = [CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=128, runtime=Runtime(onednn_linear=on))
+               for on in (True, False)]  # fmt: skip
+    got, want = (np.asarray(s.score("what is function compute", TEXTS)) for s in scorers)
+    assert np.abs(got - want).max() <= 1e-4
