@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, Sample, Server, percentile, running
+from bench.run import ROOT, Sample, Server, percentile, running, settle
 from bench.workloads import Request, Workload, _text
 
 log = logging.getLogger("bench.embed")
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                         sample = raw.run(texts, raw.best[workload.name])
                     else:
                         sample = next(s for s in servers if s.name == name).run(workload)
+                    settle()
                     log.info("round %d %s %-20s %7.1f texts/s", round_no, workload.name, name, sample.pairs_per_s)
                     if round_no > 0:
                         samples.setdefault((workload.name, name), []).append(sample)
