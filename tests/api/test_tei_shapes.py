@@ -123,7 +123,7 @@ def test_similarity_tokenize_decode_rerank_and_info(m3_client: TestClient) -> No
     similarity = m3_client.post("/similarity", json={"inputs": {"source_sentence": TEXT, "sentences": [OTHER, TEXT]}})
     jsonschema.validate(similarity.json(), ANSWERS["/similarity"])
     for inputs in (TEXT, [TEXT, OTHER]):
-        body = {"inputs": inputs, "add_special_tokens": True}
+        body: dict[str, Any] = {"inputs": inputs, "add_special_tokens": True}
         jsonschema.validate(body, REQUESTS["/tokenize"])
         jsonschema.validate(m3_client.post("/tokenize", json=body).json(), ANSWERS["/tokenize"])
     ids = ids_of(m3_client, TEXT)

@@ -1,0 +1,90 @@
+"""PyTorch's default fp32 Linear kernel against oneDNN's on this CPU, and what it gives a whole model.
+
+Prints one table: the GFLOP/s of a Linear layer's matrix product (MiniLM's FFN shapes, 32 texts of
+~140 tokens; and bge-reranker-v2-m3's) with `F.linear` (PyTorch's default: MKL's sgemm) and with
+oneDNN (`compat_api.core.models.onednn`, what the server runs), then the forward of the bundled
+all-MiniLM-L6-v2 (32 texts of ~100 words) with each, its speed-up and the largest difference of
+the last hidden states. Medians over rounds, interleaved.
+
+    python -m bench.kernels --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from bench.workloads import _text
+from compat_api.core.models.onednn import _kernel, use_onednn_linears
+from compat_api.core.registry import bundled_model_path
+
+log = logging.getLogger("bench.kernels")
+SHAPES = {  # (tokens, in, out)
+    "MiniLM FFN up (4480×384 · 384×1536)": (4480, 384, 1536),
+    "MiniLM FFN down (4480×1536 · 1536×384)": (4480, 1536, 384),
+    "v2-m3 FFN up (2048×1024 · 1024×4096)": (2048, 1024, 4096),
+}
+
+
+def timed(run: Callable[..., object], repeat: int, *inputs: object) -> float:
+    run(*inputs)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        run(*inputs)
+    return (time.perf_counter() - started) / repeat
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    rows = []
+    with torch.inference_mode():
+        for name, (tokens, fan_in, fan_out) in SHAPES.items():
+            x, w, b = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in), torch.randn(fan_out)
+            flops = 2 * tokens * fan_in * fan_out
+            default, onednn = [], []
+            for _ in range(args.rounds):
+                default.append(flops / timed(torch.nn.functional.linear, 5, x, w, b) / 1e9)
+                onednn.append(flops / timed(_kernel, 5, x, w, b) / 1e9)
+            gap = float((torch.nn.functional.linear(x, w, b) - _kernel(x, w, b)).abs().max())
+            a, c = statistics.median(default), statistics.median(onednn)
+            rows.append(f"| {name} | {a:.0f} GFLOP/s | {c:.0f} GFLOP/s | {c / a:.2f} | {gap:.1e} |")
+            log.info("%s: %.0f vs %.0f GFLOP/s", name, a, c)
+
+        from transformers import AutoModel, AutoTokenizer
+
+        path = bundled_model_path()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        plain = AutoModel.from_pretrained(path).eval()
+        fast = copy.deepcopy(plain)
+        use_onednn_linears(fast)
+        rng = random.Random(0)
+        texts = [_text(rng, rng.randint(90, 110)) for _ in range(32)]
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
+        slow_s, fast_s = [], []
+        for _ in range(args.rounds):
+            slow_s.append(timed(lambda: plain(**batch), 2))
+            fast_s.append(timed(lambda: fast(**batch), 2))
+        gap = float((plain(**batch).last_hidden_state - fast(**batch).last_hidden_state).abs().max())
+        a, c = statistics.median(slow_s), statistics.median(fast_s)
+        rows.append(f"| all-MiniLM-L6-v2 forward, 32 texts of ~100 words | {32 / a:.1f} texts/s | "
+                    f"{32 / c:.1f} texts/s | {a / c:.2f} | {gap:.1e} |")  # fmt: skip
+    print(f"{args.threads} threads, median of {args.rounds} rounds\n")
+    print("| what | PyTorch default (F.linear) | oneDNN | × | max abs difference |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
