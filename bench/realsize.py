@@ -13,7 +13,7 @@ pair (the issue's workload) and the seed's 3-document example; every figure is a
 rounds. Logit deviation from the fp32 torch backend is measured on the same requests (TEI's
 `raw_scores`), with top-1 and ranking agreement.
 
-    python -m bench.realsize --backends torch,bf16,int8,onnx,onnx-int8 --rounds 3
+    python -m bench.realsize --backends torch,torch-stock,bf16,int8,onnx,openvino --rounds 3
     python -m bench.realsize --start-only      # start-up against a bare transformers script
 """
 
@@ -40,6 +40,9 @@ from compat_api.api.rerank import legacy
 log = logging.getLogger("bench.realsize")
 MODEL = ROOT / "bench" / ".models" / "m3-size"
 WEIGHTS_MIB = 2_271_071_852 / 2**20  # the fp32 weights of bge-reranker-v2-m3's size
+# The torch backend with PyTorch's default fp32 kernels (RERANK_ONEDNN_LINEAR=false): the path
+# the issue measured, beside today's default.
+STOCK = "torch-stock"
 SEED: dict[str, object] = {"query": legacy.SEED_EXAMPLE["query"], "texts": legacy.SEED_EXAMPLE["compare_to"]}
 
 
@@ -82,12 +85,15 @@ class Server:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        stock = self.backend == STOCK  # PyTorch's default fp32 kernels, as before the oneDNN linears
         command = [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port), "--model-path",
-                   str(model), "--backend", self.backend, "--cache-mb", "0", "--max-length", "1024",
-                   "--torch-threads", str(threads), "--cache-dir", str(cache), "--log-level", "warning",
-                   "--request-timeout", "600"]  # fmt: skip
+                   str(model), "--backend", "torch" if stock else self.backend, "--cache-mb", "0",
+                   "--max-length", "1024", "--torch-threads", str(threads), "--cache-dir", str(cache),
+                   "--log-level", "warning", "--request-timeout", "600"]  # fmt: skip
         if self.lanes > 1:
             command += ["--lanes", str(self.lanes)]
+        if stock:
+            command += ["--onednn-linear", "false"]
         log.info("starting %s: %s", self.name, shlex.join(command))
         out = ROOT / "bench" / ".out" / f"realsize-{self.backend}-{self.lanes}.log"
         started = time.perf_counter()
