@@ -129,6 +129,12 @@ def load_scorer(spec: ModelSpec, settings: Settings) -> Scorer:
     torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     fp16 = settings.fp16 if settings.fp16 is not None else device.startswith("cuda")
+    if settings.fp16 and device == "cpu":
+        log.warning(
+            "RERANK_FP16 is on but the device is the CPU, where fp16 kernels are slower than fp32: %r runs "
+            "in fp32. On a CPU use RERANK_BACKEND=bf16 (native bf16 CPUs) or int8",
+            spec.name,
+        )
     if spec.bundled:
         log.warning(
             "no model configured: serving the bundled all-MiniLM-L6-v2 embedding model (English, cosine "

@@ -114,3 +114,17 @@ def test_models_that_need_their_own_code_are_refused_unless_trusted(architecture
     directory = model_dir(tmp_path, "m", [architecture])
     with pytest.raises(ModelLoadError, match="RERANK_TRUST_REMOTE_CODE"):
         load_scorer(ModelSpec("m", str(directory)), make_settings())
+
+
+def test_fp16_on_the_cpu_says_it_runs_fp32(tiny_reranker_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator who asks for fp16 on a CPU is told the model runs fp32 there, and what to use."""
+    import logging
+
+    from compat_api.core.registry import load_scorer
+
+    settings = make_settings(model_path=str(tiny_reranker_dir), fp16=True, max_length=64)
+    [spec] = model_specs(settings)
+    with caplog.at_level(logging.WARNING, logger="compat_api.core.registry"):
+        scorer = load_scorer(spec, settings)
+    assert scorer.info.dtype == "float32"
+    assert "runs in fp32" in caplog.text and "RERANK_BACKEND=bf16" in caplog.text
