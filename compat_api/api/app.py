@@ -131,8 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.warmup:
                 await asyncio.to_thread(registry.warm_up)
         except CoreError as exc:
+            # The server logs this one line (the lifespan middleware hands it over in place of
+            # the traceback), so it is not logged here too.
             app.state.startup_error = f"cannot start: {exc.message}"
-            log.error("%s", app.state.startup_error)
             log.debug("start-up failure", exc_info=exc)
             raise
         registry.start()
