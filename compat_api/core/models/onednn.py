@@ -3,9 +3,10 @@
 PyTorch runs an fp32 `nn.Linear` on the CPU through MKL's sgemm, which on AMD CPUs takes its
 AVX2 code path even where the CPU has AVX-512; oneDNN (bundled with PyTorch, the library behind
 its bf16 and int8 kernels) picks the CPU's widest instructions on any vendor. Measured on a
-2-core AMD EPYC Zen 4 (`docs/benchmarks.md`): a 4480×384×1536 product at 195–222 GFLOP/s with
-the default against 438 with oneDNN; all-MiniLM-L6-v2's whole forward 1.6–1.8× faster; outputs
-within 1e-5 of the default path (a float sum in another order, nothing dropped or rounded).
+2-core AMD EPYC Zen 4 (`python -m bench.kernels`, `docs/benchmarks.md`): a Linear layer's
+product at 190–210 GFLOP/s with the default against 390–450 with oneDNN; all-MiniLM-L6-v2's whole
+forward 1.7× faster; hidden states within 1e-5 of the default path (a float sum in another order,
+nothing dropped or rounded).
 
 Each `nn.Linear` of the model becomes a `OneDnnLinear`, a subclass that keeps the very same
 weight and bias tensors (no copy, no repacked second layout: the memory does not change) and
