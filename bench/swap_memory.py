@@ -10,6 +10,11 @@ and failures, the reload's outcome and time, the server's peak RSS, the cgroup's
 failcnt and OOM kills.
 
     sudo python -m bench.swap_memory --backend torch --limit-gib 8
+    sudo python -m bench.swap_memory --backend torch --limit-gib 8 --stack
+
+With `--stack` the server holds the whole RAG stack: beside the reranker, an embedding model of
+bge-m3's size (the same XLM-R large body, loaded as an embedding model), and a third client sends
+embedding requests throughout; the reranker is swapped as above, with both models serving.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--before", type=float, default=20, help="seconds of traffic before the swap")
     parser.add_argument("--after", type=float, default=20, help="seconds of traffic after it")
+    parser.add_argument("--stack", action="store_true", help="serve a bge-m3-size embedding model beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -63,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     served = ROOT / "bench" / ".out" / "swap" / "m3"
     shutil.rmtree(served.parent, ignore_errors=True)
     shutil.copytree(old, served)
+    embedder = served.parent / "m3-embed"
+    if args.stack:
+        shutil.copytree(old, embedder)
     if CGROUP.exists():
         CGROUP.rmdir()
     CGROUP.mkdir()
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                str(served), "--backend", args.backend, "--torch-threads", str(args.threads), "--reload-interval", "0",
                "--admin-key", "adm", "--cache-mb", "0", "--log-level", "warning", "--request-timeout", "600",
                "--cache-dir", str(served.parent / "cache")]  # fmt: skip
+    if args.stack:
+        command += ["--embedding-model-path", str(embedder)]
     out = ROOT / "bench" / ".out" / "swap-server.log"
 
     def enter_cgroup() -> None:
@@ -92,23 +103,22 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         log.info("ready; traffic for %gs, then the swap", args.before)
 
-        def client() -> None:
+        texts = ["paris is the capital of france " * 20 for _ in range(4)]
+        rerank = ("/rerank", {"query": "which city is the capital", "texts": texts})
+        embed = ("/v1/embeddings", {"input": texts})
+
+        def client(path: str, body: dict[str, object]) -> None:
             with httpx.Client(timeout=600) as http:
                 while not stop.is_set():
                     started = time.perf_counter()
                     try:
-                        status = http.post(
-                            url + "/rerank",
-                            json={
-                                "query": "which city is the capital",
-                                "texts": ["paris is the capital of france " * 20 for _ in range(4)],
-                            },
-                        ).status_code
+                        status = http.post(url + path, json=body).status_code
                     except httpx.HTTPError:
                         status = 0
                     results.append((time.perf_counter() - started, status))
 
-        workers = [threading.Thread(target=client) for _ in range(2)]
+        calls = [rerank, rerank, *([embed] if args.stack else [])]
+        workers = [threading.Thread(target=client, args=call) for call in calls]
         for worker in workers:
             worker.start()
         time.sleep(args.before)
@@ -136,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         CGROUP.rmdir()
     failed = sum(1 for _, status in results if status != 200)
     command_line = "python -m bench.swap_memory " + shlex.join(sys.argv[1:] if argv is None else argv)
+    label = args.backend + (" (reranker + embedding model)" if args.stack else "")
     print(f"Command: `{command_line}`\n")
     print(
         "| backend | memory limit | requests | failed | p50 ms | reload | reload s | server peak RSS MiB | "
         "cgroup peak MiB (cache included) | failcnt | OOM kills |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     print(
-        f"| {args.backend} | {args.limit_gib:g} GiB | {len(results)} | {failed} | "
+        f"| {label} | {args.limit_gib:g} GiB | {len(results)} | {failed} | "
         f"{statistics.median(t for t, _ in results) * 1000:.0f} | {reload.status_code} | {reload_seconds:.1f} | "
         f"{peak_rss:.0f} | {usage:.0f} | {failcnt} | {oom.split()[1]} |"
     )
