@@ -9,8 +9,9 @@
 | `openvino` | OpenVINO | fp32 | CPU |
 
 The torch backends take the weights out of the memory-mapped file one tensor at a time (see
-`own_memory`), converting as they go, so loading never holds two copies; the others load a
-cached export and never read the torch weights at all.
+`own_memory`), converting as they go, so loading never holds two copies, and leave the input
+embedding's rows in the file until tokens use them (lazy_rows.py); the others load a cached
+export and never read the torch weights at all.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def own_memory(model: Any, dtype: Any = None) -> None:
     copy: 2x the weights at the peak); instead each tensor is read from the file itself into its
     new memory, in 64 MiB pieces on a few threads (page faults and reads overlap), so the mapping
     is never touched and the peak stays at one copy. Tensors that are not mapped (computed
-    buffers, GPU tensors) are copied (or converted) as they are.
+    buffers, GPU tensors) are copied (or converted) as they are. The input embedding is not read
+    at all: its rows come from the file as tokens use them (lazy_rows.py).
     """
     import torch
 
@@ -161,7 +163,8 @@ def own_memory(model: Any, dtype: Any = None) -> None:
     copies: dict[tuple[int, Any], Any] = {}
     reads: list[tuple[str, int, Any, Any]] = []
     with torch.no_grad():
-        tensors = [*model.parameters(), *model.buffers()]
+        lazy = _read_rows_lazily(model, mapped, dtype)
+        tensors = [t for t in (*model.parameters(), *model.buffers()) if not (lazy and t.data_ptr() == lazy)]
         for tensor in tensors:
             target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
             key = (tensor.data_ptr(), target)
@@ -177,6 +180,21 @@ def own_memory(model: Any, dtype: Any = None) -> None:
         for tensor in tensors:
             target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
             tensor.data = copies[(tensor.data_ptr(), target)]
+
+
+def _read_rows_lazily(model: Any, mapped: list[tuple[int, int, str, int]], dtype: Any) -> int:
+    """Turn the model's input embedding, when it is mapped from its weight file, into rows read on
+    demand (see lazy_rows.py); the address of its new matrix, or 0."""
+    from compat_api.core.models.lazy_rows import LazyRows, input_embedding
+
+    embedding = input_embedding(model)
+    source = _mapping_of(embedding.weight, mapped) if embedding is not None else None
+    if source is None:
+        return 0
+    target = dtype if dtype is not None and embedding.weight.is_floating_point() else embedding.weight.dtype
+    rows = LazyRows(embedding, source[0], source[1], target)
+    log.info("input embedding %s: rows read from the weight file as tokens use them", tuple(rows.matrix.shape))
+    return int(rows.matrix.data_ptr())
 
 
 _CHUNK = 64 << 20

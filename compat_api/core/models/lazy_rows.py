@@ -1,0 +1,134 @@
+"""An input-embedding matrix read from its weight file row by row, as the tokens that use it arrive.
+
+A 250k-piece vocabulary (XLM-R: bge-reranker-v2-m3, bge-m3) is a 977 MiB fp32 matrix, 43% of
+the model, of which a request reads a few hundred rows. Loading it whole puts all of it in
+resident memory for rows that a deployment may never see. Here the matrix is an anonymous
+mapping of its full size that the kernel backs only where it is written (huge pages off, so one
+touched row costs one page); before each forward the rows its token ids need and that are not
+there yet are read from the weight file into place. The lookup itself is the module's own
+`F.embedding` on that matrix, so its output is bit for bit the one of the fully loaded matrix.
+
+The file stays open: a model replaced by a rename (a new inode) keeps being read from the old
+one. A file rewritten in place (same inode) is caught by its size, mtime and ctime, taken at load
+and checked after every read: the forward fails with `ModelFailure` (the directory's
+fingerprint changes too, so the registry reloads the new version) rather than mixing two
+models' rows. Reads go through `pread`, never a file mapping, so a file truncated under the
+server cannot kill it with SIGBUS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+import weakref
+from typing import Any
+
+from compat_api.core.errors import ModelFailure
+
+
+class LazyRows:
+    """The forward pre-hook that fills an `nn.Embedding`'s missing rows from its weight file."""
+
+    def __init__(self, embedding: Any, path: str, offset: int, dtype: Any) -> None:
+        import torch
+
+        weight = embedding.weight
+        self.rows, self.width = weight.shape
+        self.file_dtype = weight.dtype
+        self.dtype = dtype
+        self.offset = offset
+        self.path = path
+        self.row_bytes = self.width * weight.element_size()
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+        self._identity = self._stat()
+        nbytes = self.rows * self.width * torch.empty((), dtype=dtype).element_size()
+        self._memory = mmap.mmap(-1, max(nbytes, 1))  # anonymous: pages exist once written
+        with contextlib.suppress(AttributeError, OSError):  # one touched row must not commit 2 MiB
+            self._memory.madvise(mmap.MADV_NOHUGEPAGE)
+        with contextlib.suppress(AttributeError, OSError):  # start the file's pages on their way (no RSS)
+            os.posix_fadvise(self._fd, offset, self.rows * self.row_bytes, os.POSIX_FADV_WILLNEED)
+        self.matrix = torch.frombuffer(self._memory, dtype=dtype, count=self.rows * self.width)
+        self.matrix = self.matrix.view(self.rows, self.width)
+        self._loaded = torch.zeros(self.rows, dtype=torch.bool)
+        self._lock = threading.Lock()
+        embedding.weight.data = self.matrix
+        embedding.register_forward_pre_hook(self)
+
+    def loaded(self) -> int:
+        """How many rows have been read so far."""
+        return int(self._loaded.sum())
+
+    def __call__(self, module: Any, args: tuple[Any, ...]) -> None:
+        ids = args[0] if args else None
+        if ids is None or ids.numel() == 0:
+            return
+        with self._lock:
+            wanted = ids.detach().reshape(-1).unique()
+            wanted = wanted[(wanted >= 0) & (wanted < self.rows)]  # others fail in F.embedding as they would
+            missing = wanted[~self._loaded[wanted]]
+            if missing.numel():
+                self._fill(missing.tolist())
+                self._loaded[missing] = True
+
+    def _stat(self) -> tuple[int, int, int]:
+        info = os.fstat(self._fd)
+        return info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+    def _changed(self) -> bool:
+        """Whether the open file's content may differ from the loaded one's. Its ctime catches a write
+        whose mtime was set back (`rsync --inplace -t`); once the file is unlinked (replaced by a
+        rename, which moves its ctime too) no path can reach it any more, so size and mtime decide."""
+        now = self._stat()
+        if os.fstat(self._fd).st_nlink == 0:
+            return now[:2] != self._identity[:2]
+        return now != self._identity
+
+    def _fill(self, ids: list[int]) -> None:
+        """Read the rows `ids` (sorted, unique) in runs of consecutive ids, then check that the file
+        is still the one loaded."""
+        import torch
+
+        runs: list[tuple[int, int]] = []
+        for row in ids:
+            if runs and runs[-1][1] == row:
+                runs[-1] = (runs[-1][0], row + 1)
+            else:
+                runs.append((row, row + 1))
+        for start, end in runs:
+            if self.dtype == self.file_dtype:
+                self._read(start, self.matrix[start:end].view(torch.uint8))
+            else:
+                raw = torch.empty((end - start) * self.row_bytes, dtype=torch.uint8)
+                self._read(start, raw)
+                self.matrix[start:end] = raw.view(self.file_dtype).view(end - start, self.width).to(self.dtype)
+        if self._changed():
+            raise ModelFailure(
+                f"the weight file {self.path} was rewritten in place since the model was loaded; its new "
+                "version is reloaded (replace model files by renaming new ones over them)"
+            )
+
+    def _read(self, start: int, out: Any) -> None:
+        view = memoryview(out.numpy()).cast("B")
+        position = self.offset + start * self.row_bytes
+        while view.nbytes:
+            count = os.preadv(self._fd, [view], position)
+            if not count:
+                raise ModelFailure(f"the weight file {self.path} is shorter than when the model was loaded")
+            view, position = view[count:], position + count
+
+
+def input_embedding(model: Any) -> Any:
+    """The model's input `nn.Embedding` when it can be read lazily: no other parameter shares its
+    weight (tied output embeddings read the whole matrix at every forward)."""
+    import torch
+
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = getter() if callable(getter) else None
+    if not isinstance(embedding, torch.nn.Embedding) or embedding.weight.device.type != "cpu":
+        return None
+    pointer = embedding.weight.data_ptr()
+    shared = [p for _, p in model.named_parameters(remove_duplicate=False) if p.data_ptr() == pointer]
+    return embedding if len(shared) == 1 else None
