@@ -9,6 +9,7 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def test_tied_embeddings_are_loaded_whole() -> None:
     assert input_embedding(model) is model.embed
 
 
-def hook_of(model: torch.nn.Module) -> LazyRows:
+def hook_of(model: Any) -> LazyRows:
     hooks = [h for h in model.get_input_embeddings()._forward_pre_hooks.values() if isinstance(h, LazyRows)]
     assert len(hooks) == 1
     return hooks[0]
