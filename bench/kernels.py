@@ -4,7 +4,10 @@ Prints one table: the GFLOP/s of a Linear layer's matrix product (MiniLM's FFN s
 ~140 tokens; and bge-reranker-v2-m3's) with `F.linear` (PyTorch's default: MKL's sgemm) and with
 oneDNN (`compat_api.core.models.onednn`, what the server runs), then the forward of the bundled
 all-MiniLM-L6-v2 (32 texts of ~100 words) with each, its speed-up and the largest difference of
-the last hidden states. Medians over rounds, interleaved.
+the last hidden states. On a CPU with native bf16 a second table: attention in bf16 at
+bge-reranker-v2-m3's shapes (16 heads of 64, one pair of 417 tokens, and longer ones), PyTorch's
+fused CPU kernel against the bf16 backend's (`compat_api.core.models.bf16_attention`), with the
+largest difference of each from fp32. Medians over rounds, interleaved.
 
     python -m bench.kernels --rounds 5
 """
@@ -22,7 +25,9 @@ from collections.abc import Callable
 import torch
 
 from bench.workloads import _text
+from compat_api.core.models.bf16_attention import LIMIT, attention
 from compat_api.core.models.onednn import _kernel, use_onednn_linears
+from compat_api.core.models.runtime import native_bf16
 from compat_api.core.registry import bundled_model_path
 
 log = logging.getLogger("bench.kernels")
@@ -84,6 +89,39 @@ def main(argv: list[str] | None = None) -> None:
     print("| what | PyTorch default (F.linear) | oneDNN | × | max abs difference |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
+    if native_bf16():
+        print("\n| attention, bf16 (batch × heads × tokens) | fused kernel | bf16 backend's | × "
+              "| max abs diff from fp32: fused / ours |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        print("\n".join(attention_rows(args.rounds)))
+
+
+def attention_rows(rounds: int) -> list[str]:
+    """The bf16 backend's attention against PyTorch's fused kernel, where it applies (up to LIMIT)."""
+    from types import SimpleNamespace
+
+    fused = torch.nn.functional.scaled_dot_product_attention
+    module = SimpleNamespace(is_causal=False, training=False)
+    rows = []
+    with torch.inference_mode():
+        for batch, tokens in ((1, 417), (1, 200), (8, 128), (1, 512)):
+            assert batch * 16 * tokens * tokens <= LIMIT
+            q, k, v = (torch.randn(batch, 16, tokens, 64, generator=torch.Generator().manual_seed(i)) for i in range(3))
+            mask = torch.ones(batch, 1, tokens, tokens, dtype=torch.bool)
+            mask[0, ..., tokens - tokens // 8 :] = False  # the first item padded
+            exact = fused(q, k, v, attn_mask=mask).transpose(1, 2)
+            q16, k16, v16 = (t.bfloat16() for t in (q, k, v))
+            flops = 4 * batch * 16 * tokens * tokens * 64
+            a_s, b_s = [], []
+            for _ in range(rounds):
+                a_s.append(timed(fused, 10, q16, k16, v16, mask))
+                b_s.append(timed(attention, 10, module, q16, k16, v16, mask))
+            a, b = statistics.median(a_s), statistics.median(b_s)
+            gap_a = float((fused(q16, k16, v16, attn_mask=mask).transpose(1, 2).float() - exact).abs().max())
+            gap_b = float((attention(module, q16, k16, v16, mask)[0].float() - exact).abs().max())
+            rows.append(f"| {batch} × 16 × {tokens} | {flops / a / 1e9:.0f} GFLOP/s | {flops / b / 1e9:.0f} GFLOP/s | "
+                        f"{a / b:.2f} | {gap_a:.4f} / {gap_b:.4f} |")  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -81,7 +81,10 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
         module = OnnxModule.load(path=path, output=output, runtime=runtime, probe=probe)
         return Prepared(module, "int8" if backend == "int8" else "float32")
     if backend == "bf16":
+        from compat_api.core.models.bf16_attention import use_bf16_attention
+
         own_memory(model, torch.bfloat16)
+        log.info("bf16 attention: %s", "bf16 matrix products" if use_bf16_attention(model) else "the model's own")
         return Prepared(model.eval(), "bfloat16")
     if runtime.fp16 and runtime.device != "cpu":
         model = model.half()
