@@ -15,6 +15,13 @@ rounds. Logit deviation from the fp32 torch backend is measured on the same requ
 
     python -m bench.realsize --backends torch,torch-stock,bf16,int8,onnx,openvino --rounds 3
     python -m bench.realsize --start-only      # start-up against a bare transformers script
+
+A backend written `B@R` (root, Linux cgroup v1) runs inside a memory cgroup limited to R times the
+fp32 weights, started first and after the page cache is dropped, so every page it reads is
+charged to it: the kernel then reclaims clean file pages (a mapped export's weights) before it
+would OOM-kill. A second table gives its limit, the cgroup's peak, failcnt and OOM kills:
+
+    sudo python -m bench.realsize --backends openvino@1.25,torch,openvino --rounds 3
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ WEIGHTS_MIB = 2_271_071_852 / 2**20  # the fp32 weights of bge-reranker-v2-m3's 
 # The torch backend with PyTorch's default fp32 kernels (RERANK_ONEDNN_LINEAR=false): the path
 # the issue measured, beside today's default.
 STOCK = "torch-stock"
+CGROUPS = Path("/sys/fs/cgroup/memory")
 SEED: dict[str, object] = {"query": legacy.SEED_EXAMPLE["query"], "texts": legacy.SEED_EXAMPLE["compare_to"]}
 
 
@@ -69,6 +77,7 @@ def peak_rss_mib(pid: int) -> float:
 class Server:
     backend: str
     lanes: int = 1
+    limit: float = 0.0  # memory cgroup limit, times the fp32 weights (0: none)
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     ready_s: float = 0.0
@@ -78,7 +87,23 @@ class Server:
 
     @property
     def name(self) -> str:
-        return self.backend + (f" ×{self.lanes} lanes" if self.lanes > 1 else "")
+        limit = f" ≤{self.limit:g}× (cgroup)" if self.limit else ""
+        return self.backend + (f" ×{self.lanes} lanes" if self.lanes > 1 else "") + limit
+
+    @property
+    def cgroup(self) -> Path:
+        return CGROUPS / f"compat-api-realsize-{self.backend}"
+
+    def enter_cgroup(self) -> None:
+        (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    def limited(self) -> dict[str, float]:
+        """The cgroup's limit and peak (MiB), failcnt and OOM kills."""
+        oom = (self.cgroup / "memory.oom_control").read_text().split()
+        return {"limit": int((self.cgroup / "memory.limit_in_bytes").read_text()) / 2**20,
+                "peak": int((self.cgroup / "memory.max_usage_in_bytes").read_text()) / 2**20,
+                "failcnt": int((self.cgroup / "memory.failcnt").read_text()),
+                "oom": int(oom[oom.index("oom_kill") + 1]) if "oom_kill" in oom else 0}  # fmt: skip
 
     def start(self, model: Path, threads: int, cache: Path) -> None:
         from tests.servers import free_port
@@ -96,9 +121,17 @@ class Server:
             command += ["--onednn-linear", "false"]
         log.info("starting %s: %s", self.name, shlex.join(command))
         out = ROOT / "bench" / ".out" / f"realsize-{self.backend}-{self.lanes}.log"
+        enter = None
+        if self.limit:
+            if self.cgroup.exists():
+                self.cgroup.rmdir()
+            self.cgroup.mkdir()
+            (self.cgroup / "memory.limit_in_bytes").write_text(str(int(self.limit * WEIGHTS_MIB * 2**20)))
+            Path("/proc/sys/vm/drop_caches").write_text("1")  # its pages are charged to it, not to a reader before
+            enter = self.enter_cgroup
         started = time.perf_counter()
         with out.open("wb") as sink:
-            self.proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=enter)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; see {out}")
@@ -163,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.start_only:
         start_table(model, args, command, cache)
         return
-    servers = [Server(b) for b in args.backends.split(",")]
+    servers = [Server(b.partition("@")[0], limit=float(b.partition("@")[2] or 0)) for b in args.backends.split(",")]
     try:
         for server in servers:
             server.start(model, args.threads, cache)
@@ -179,6 +212,19 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             server.stop()
     print(table(servers, args, command))
+    if any(server.limit for server in servers):
+        print(limit_table(servers))
+
+
+def limit_table(servers: list[Server]) -> str:
+    lines = ["| backend | cgroup limit MiB | cgroup peak MiB | failcnt | OOM kills | process peak RSS MiB |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for server in (s for s in servers if s.limit):
+        got = server.limited()
+        lines.append(f"| {server.name} | {got['limit']:.0f} | {got['peak']:.0f} | {got['failcnt']:.0f} | "
+                     f"{got['oom']:.0f} | {server.peak_mib:.0f} |")  # fmt: skip
+        server.cgroup.rmdir()
+    return "\n".join(lines) + "\n"
 
 
 def table(servers: list[Server], args: argparse.Namespace, command: str) -> str:

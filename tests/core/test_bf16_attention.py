@@ -49,6 +49,18 @@ def test_an_additive_mask_and_a_scale_are_applied() -> None:
     assert float((got.float() - want).abs().max()) <= TOLERANCE
 
 
+@pytest.mark.parametrize("shared_mask", [False, True])
+def test_a_large_batch_runs_in_pieces_with_their_own_mask_rows(monkeypatch: pytest.MonkeyPatch,
+                                                               shared_mask: bool) -> None:  # fmt: skip
+    monkeypatch.setattr(bf16_attention, "LIMIT", 4 * 40 * 40 * 2)  # two items a piece
+    q, k, v = qkv(5, 40)
+    mask = torch.ones(1 if shared_mask else 5, 1, 40, 40, dtype=torch.bool)
+    mask[-1, ..., 30:] = False
+    got, _ = attention(ENCODER, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert got.shape == (5, 40, 4, 16)
+    assert float((got.float() - exact(q, k, v, mask)).abs().max()) <= TOLERANCE
+
+
 def test_masked_keys_do_not_matter() -> None:
     q, k, v = (t.bfloat16() for t in qkv(1, 20))
     mask = torch.ones(1, 1, 20, 20, dtype=torch.bool)
@@ -63,7 +75,7 @@ def test_masked_keys_do_not_matter() -> None:
     [
         (ENCODER, torch.float32, 1, 8),  # fp32: the exact kernel
         (SimpleNamespace(is_causal=True, training=False), torch.bfloat16, 1, 8),  # causal models
-        (ENCODER, torch.bfloat16, 1, int((LIMIT // 4) ** 0.5) + 1),  # too large to stay in cache
+        (ENCODER, torch.bfloat16, 1, int((LIMIT // 4) ** 0.5) + 1),  # one item too large to stay in cache
     ],
     ids=["fp32", "causal", "large"],
 )
