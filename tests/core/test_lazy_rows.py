@@ -1,11 +1,13 @@
-"""The input embedding read row by row from its weight file: the lookups of the fully loaded matrix,
-only the rows used read, a file rewritten in place refused (never two models' rows mixed, never a
-crash), a file replaced by a rename still read from the old version, and lanes filling at once."""
+"""The input embedding read row by row: the lookups of the fully loaded matrix, only the rows used
+read, from a copy in the export cache made once per model version (an upload over the weight file
+in place cannot reach it); a rows file changed in place refused (never two models' rows mixed,
+never a crash), one replaced by a rename still read from the old version, lanes filling at once."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from compat_api.core.errors import ModelFailure
+from compat_api.core.models import runtime as runtime_module
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.models.embedder import Embedder
-from compat_api.core.models.lazy_rows import LazyRows, input_embedding
+from compat_api.core.models.lazy_rows import LazyRows, input_embedding, pin_rows
 from compat_api.core.models.runtime import Runtime
 from compat_api.core.registry import bundled_model_path
 
@@ -131,15 +134,41 @@ def hook_of(model: Any) -> LazyRows:
     return hooks[0]
 
 
-@pytest.mark.parametrize("runtime", [Runtime(), Runtime(onednn_linear=False)], ids=["onednn", "stock"])
-def test_served_models_read_only_the_rows_they_use(tiny_reranker_dir: Path, runtime: Runtime) -> None:
+def test_the_rows_copy_is_made_once_per_model_version(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    matrix, offset = saved(model / "model.safetensors")
+    nbytes = matrix.numel() * 4
+    cache = tmp_path / "cache"
+    first = pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes)
+    assert first.read_bytes() == (model / "model.safetensors").read_bytes()[offset : offset + nbytes]
+    made = first.stat().st_mtime_ns
+    assert pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes) == first
+    assert first.stat().st_mtime_ns == made  # reused, not rewritten
+    saved(model / "model.safetensors", seed=1)  # a new version: its own copy
+    second = pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes)
+    assert second != first and second.read_bytes() != first.read_bytes()
+
+
+@pytest.fixture
+def lazy_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny models' embeddings are below the size worth a copy: read them lazily all the same."""
+    monkeypatch.setattr(runtime_module, "LAZY_MIN_BYTES", 0)
+
+
+@pytest.mark.usefixtures("lazy_small")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "stock"])
+def test_served_models_read_only_the_rows_they_use(tiny_reranker_dir: Path, tmp_path: Path, onednn: bool) -> None:
     """A reranker and the bundled embedder, as the server loads them: the embedding read lazily, with
     the outputs of the whole matrix (the fidelity tests tie those to FlagEmbedding's)."""
+    runtime = Runtime(onednn_linear=onednn, cache_dir=str(tmp_path))
     scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=128, runtime=runtime)
     texts = ["paris is the capital of france", "函数计算 is a serverless computing service"]
     scores = np.asarray(scorer.score("what is function compute", texts))
     rows = hook_of(scorer.model)
     assert 0 < rows.loaded() < rows.rows
+    assert Path(rows.path).is_relative_to(tmp_path)  # the cache's copy, not the model's file
     rows(scorer.model.get_input_embeddings(), (torch.arange(rows.rows),))  # now every row is read
     assert rows.loaded() == rows.rows
     assert np.abs(np.asarray(scorer.score("what is function compute", texts)) - scores).max() == 0.0
@@ -148,3 +177,38 @@ def test_served_models_read_only_the_rows_they_use(tiny_reranker_dir: Path, runt
     embedder.embed(texts)
     used = hook_of(embedder.model)
     assert 0 < used.loaded() < used.rows / 100
+
+
+@pytest.mark.usefixtures("lazy_small")
+def test_a_model_serves_on_while_its_weight_file_is_overwritten_in_place(tiny_reranker_dir: Path,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    model = tmp_path / "m"
+    shutil.copytree(tiny_reranker_dir, model)
+    runtime = Runtime(cache_dir=str(tmp_path / "cache"))
+    scorer = CrossEncoderScorer(str(model), name="m", max_length=64, runtime=runtime)
+    texts = ["paris is the capital of france", "tokens never seen before: 函数计算 zebra quartz"]
+    want = CrossEncoderScorer(str(model), name="w", max_length=64, runtime=Runtime(cache_dir=str(tmp_path / "c2")))
+    (model / "model.safetensors").write_bytes(b"x" * 100)  # an upload in progress, in place
+    assert scorer.score("q", texts) == pytest.approx(want.score("q", texts), abs=1e-6)
+
+
+def test_without_a_writable_cache_the_embedding_is_loaded_whole(tiny_reranker_dir: Path, lazy_small: None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from compat_api.core.errors import ModelLoadError
+
+    def refuse(*args: object) -> Path:
+        raise ModelLoadError("cannot use /nas as the export cache")
+
+    monkeypatch.setattr(runtime_module, "_pin", lambda path, runtime: refuse)
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64)
+    embedding = scorer.model.get_input_embeddings()
+    assert not any(isinstance(h, LazyRows) for h in embedding._forward_pre_hooks.values())
+    assert len(scorer.score("q", ["a", "b"])) == 2
+
+
+def test_small_embeddings_are_loaded_whole(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    scorer = CrossEncoderScorer(
+        str(tiny_reranker_dir), name="r", max_length=64, runtime=Runtime(cache_dir=str(tmp_path))
+    )
+    embedding = scorer.model.get_input_embeddings()
+    assert not any(isinstance(h, LazyRows) for h in embedding._forward_pre_hooks.values())

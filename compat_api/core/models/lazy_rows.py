@@ -8,12 +8,15 @@ touched row costs one page); before each forward the rows its token ids need and
 there yet are read from the weight file into place. The lookup itself is the module's own
 `F.embedding` on that matrix, so its output is bit for bit the one of the fully loaded matrix.
 
-The file stays open: a model replaced by a rename (a new inode) keeps being read from the old
-one. A file rewritten in place (same inode) is caught by its size, mtime and ctime, taken at load
-and checked after every read: the forward fails with `ModelFailure` (the directory's
-fingerprint changes too, so the registry reloads the new version) rather than mixing two
-models' rows. Reads go through `pread`, never a file mapping, so a file truncated under the
-server cannot kill it with SIGBUS.
+The rows are read from a copy of the matrix's bytes that the server keeps in its export cache
+(on the NAS beside the model by default; written once per model version, atomically), never
+from the model's own weight file: an upload over that file in place (as NAS uploads do) cannot
+take rows from a running model, which keeps serving the version it loaded until the registry
+swaps in the new one. The copy is only ever replaced by a rename, and the open file keeps the
+loaded version even then; should it still change under the server (its size, mtime or ctime,
+checked after every read), the forward fails with `ModelFailure` rather than mix two models'
+rows. Reads go through `pread`, never a file mapping, so a truncated file cannot kill the process
+with SIGBUS. Where no cache is writable the matrix is loaded whole, as every other tensor.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import mmap
 import os
 import threading
 import weakref
+from pathlib import Path
 from typing import Any
 
 from compat_api.core.errors import ModelFailure
+
+ROWS = "rows.bin"
 
 
 class LazyRows:
@@ -132,3 +138,30 @@ def input_embedding(model: Any) -> Any:
     pointer = embedding.weight.data_ptr()
     shared = [p for _, p in model.named_parameters(remove_duplicate=False) if p.data_ptr() == pointer]
     return embedding if len(shared) == 1 else None
+
+
+def pin_rows(model_path: str, cache_dir: str, source: str, offset: int, nbytes: int) -> Path:
+    """The export cache's copy of `nbytes` of the weight file `source` from `offset` (the input
+    embedding's), made now if this model version has none: streamed through a small buffer (no
+    resident copy), written into a staging directory and renamed into place."""
+    from compat_api.core.models.export_cache import model_cache, prune, staging, version_key
+
+    directory = model_cache(model_path, cache_dir)
+    version = directory / version_key(model_path, "rows", f"{Path(source).name}|{offset}|{nbytes}")
+    target = version / ROWS
+    if not (target.is_file() and target.stat().st_size == nbytes):
+        with staging(version) as work, open(source, "rb", buffering=0) as src, open(work / ROWS, "wb") as out:
+            src.seek(offset)
+            left = nbytes
+            buffer = bytearray(min(nbytes, 16 << 20))
+            while left:
+                count = src.readinto(memoryview(buffer)[: min(left, len(buffer))])
+                if not count:
+                    raise OSError(f"{source} ended before its input embedding did (was it replaced while loading?)")
+                out.write(memoryview(buffer)[:count])
+                left -= count
+            out.flush()
+            os.fsync(out.fileno())
+    os.utime(version)  # in use: the newest of its kind, which prune keeps
+    prune(directory, version)
+    return target

@@ -9,9 +9,10 @@
 | `openvino` | OpenVINO | fp32 | CPU |
 
 The torch backends take the weights out of the memory-mapped file one tensor at a time (see
-`own_memory`), converting as they go, so loading never holds two copies, and leave the input
-embedding's rows in the file until tokens use them (lazy_rows.py); the others load a cached
-export and never read the torch weights at all.
+`own_memory`), converting as they go, so loading never holds two copies; a large input
+embedding (XLM-R's 250k pieces) is not loaded at all: its rows are read as tokens use them
+from a copy kept in the export cache (lazy_rows.py). The others load a cached export and never
+read the torch weights at all.
 """
 
 from __future__ import annotations
@@ -80,16 +81,17 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
 
         module = OnnxModule.load(path=path, output=output, runtime=runtime, probe=probe)
         return Prepared(module, "int8" if backend == "int8" else "float32")
+    pin = _pin(path, runtime)
     if backend == "bf16":
         from compat_api.core.models.bf16_attention import use_bf16_attention
 
-        own_memory(model, torch.bfloat16)
+        own_memory(model, torch.bfloat16, pin=pin)
         log.info("bf16 attention: %s", "bf16 matrix products" if use_bf16_attention(model) else "the model's own")
         return Prepared(model.eval(), "bfloat16")
     if runtime.fp16 and runtime.device != "cpu":
         model = model.half()
     if runtime.device == "cpu":
-        own_memory(model)
+        own_memory(model, pin=pin)
         trim_heap()
     model = model.to(runtime.device).eval()
     if runtime.device == "cpu" and runtime.onednn_linear:
@@ -97,6 +99,15 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
 
         log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model))
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+def _pin(path: str, runtime: Runtime) -> Pin:
+    def pin(source: str, offset: int, nbytes: int) -> Path:
+        from compat_api.core.models.lazy_rows import pin_rows
+
+        return pin_rows(path, runtime.cache_dir, source, offset, nbytes)
+
+    return pin
 
 
 def trim_heap() -> None:
@@ -146,7 +157,11 @@ def require_native_bf16() -> None:
         )
 
 
-def own_memory(model: Any, dtype: Any = None) -> None:
+LAZY_MIN_BYTES = 64 << 20  # XLM-R's 250k x 1024 fp32 is 977 MiB; BERT's 30k x 384, 45 MiB
+Pin = Callable[[str, int, int], Path]  # (weight file, offset, bytes) -> a stable copy of those bytes
+
+
+def own_memory(model: Any, dtype: Any = None, *, pin: Pin | None = None) -> None:
     """Move weights that still live in a memory-mapped weight file into the process's own memory
     (converting floating-point ones to `dtype` when given).
 
@@ -157,8 +172,9 @@ def own_memory(model: Any, dtype: Any = None) -> None:
     copy: 2x the weights at the peak); instead each tensor is read from the file itself into its
     new memory, in 64 MiB pieces on a few threads (page faults and reads overlap), so the mapping
     is never touched and the peak stays at one copy. Tensors that are not mapped (computed
-    buffers, GPU tensors) are copied (or converted) as they are. The input embedding is not read
-    at all: its rows come from the file as tokens use them (lazy_rows.py).
+    buffers, GPU tensors) are copied (or converted) as they are. With `pin`, the input embedding
+    is not loaded: `pin` keeps a copy of its bytes where no upload reaches them, from which its
+    rows are read as tokens use them (lazy_rows.py).
     """
     import torch
 
@@ -166,7 +182,7 @@ def own_memory(model: Any, dtype: Any = None) -> None:
     copies: dict[tuple[int, Any], Any] = {}
     reads: list[tuple[str, int, Any, Any]] = []
     with torch.no_grad():
-        lazy = _read_rows_lazily(model, mapped, dtype)
+        lazy = _read_rows_lazily(model, mapped, dtype, pin) if pin is not None else 0
         tensors = [t for t in (*model.parameters(), *model.buffers()) if not (lazy and t.data_ptr() == lazy)]
         for tensor in tensors:
             target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
@@ -185,19 +201,28 @@ def own_memory(model: Any, dtype: Any = None) -> None:
             tensor.data = copies[(tensor.data_ptr(), target)]
 
 
-def _read_rows_lazily(model: Any, mapped: list[tuple[int, int, str, int]], dtype: Any) -> int:
+def _read_rows_lazily(model: Any, mapped: list[tuple[int, int, str, int]], dtype: Any, pin: Pin) -> int:
     """Turn the model's input embedding, when it is mapped from its weight file, into rows read on
-    demand (see lazy_rows.py); the address of its new matrix, or 0."""
+    demand from `pin`'s copy (see lazy_rows.py); the address of its new matrix, or 0 (loaded whole)."""
     from compat_api.core.models.lazy_rows import LazyRows, input_embedding
 
     embedding = input_embedding(model)
     source = _mapping_of(embedding.weight, mapped) if embedding is not None else None
     if source is None:
         return 0
-    target = dtype if dtype is not None and embedding.weight.is_floating_point() else embedding.weight.dtype
-    rows = LazyRows(embedding, source[0], source[1], target)
-    log.info("input embedding %s: rows read from the weight file as tokens use them", tuple(rows.matrix.shape))
-    return int(rows.matrix.data_ptr())
+    weight = embedding.weight
+    nbytes = weight.numel() * weight.element_size()
+    if nbytes < LAZY_MIN_BYTES:  # a small vocabulary: not worth a copy on disk
+        return 0
+    try:
+        rows = pin(source[0], source[1], nbytes)
+    except (ModelLoadError, OSError) as exc:
+        log.warning("input embedding loaded whole: no copy of its rows could be kept (%s)", exc)
+        return 0
+    target = dtype if dtype is not None and weight.is_floating_point() else weight.dtype
+    lazy = LazyRows(embedding, str(rows), 0, target)
+    log.info("input embedding %s: rows read from %s as tokens use them", tuple(lazy.matrix.shape), rows)
+    return int(lazy.matrix.data_ptr())
 
 
 _CHUNK = 64 << 20
