@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import ROOT, spearman
+from bench.run import ROOT, settle, spearman
 from bench.workloads import WORDS
 from compat_api.api.rerank import legacy
 
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_no in range(args.rounds + 1):
             request = sixteen(rng)
             for server in servers:
+                settle()
                 server.ask("16", request)
                 server.ask("seed", SEED)
                 log.info("round %d %-10s 16 docs %.1fs, seed %.2fs", round_no, server.name,
