@@ -151,6 +151,18 @@ def test_the_rows_copy_is_made_once_per_model_version(tmp_path: Path) -> None:
     assert second != first and second.read_bytes() != first.read_bytes()
 
 
+def test_instances_starting_at_once_share_one_rows_copy(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    matrix, offset = saved(model / "model.safetensors")
+    source, cache, nbytes = str(model / "model.safetensors"), str(tmp_path / "cache"), matrix.numel() * 4
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: pin_rows(str(model), cache, source, offset, nbytes), range(4)))
+    assert len(set(made)) == 1 and made[0].read_bytes() == matrix.numpy().tobytes()
+    assert not list((tmp_path / "cache").rglob(".staging-*"))  # the losers' staging directories are gone
+
+
 @pytest.fixture
 def lazy_small(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny models' embeddings are below the size worth a copy: read them lazily all the same."""
