@@ -51,7 +51,9 @@ class LazyRows:
         weakref.finalize(self, os.close, self._fd)
         self._identity = self._stat()
         nbytes = self.rows * self.width * torch.empty((), dtype=dtype).element_size()
-        self._memory = mmap.mmap(-1, max(nbytes, 1))  # anonymous: pages exist once written
+        private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+        # anonymous and private: its pages exist once written
+        self._memory = mmap.mmap(-1, max(nbytes, 1), flags=private) if private else mmap.mmap(-1, max(nbytes, 1))
         with contextlib.suppress(AttributeError, OSError):  # one touched row must not commit 2 MiB
             self._memory.madvise(mmap.MADV_NOHUGEPAGE)
         with contextlib.suppress(AttributeError, OSError):  # start the file's pages on their way (no RSS)
