@@ -1,11 +1,12 @@
-"""An input-embedding matrix read from its weight file row by row, as the tokens that use it arrive.
+"""An input-embedding matrix read row by row, as the tokens that use it arrive.
 
 A 250k-piece vocabulary (XLM-R: bge-reranker-v2-m3, bge-m3) is a 977 MiB fp32 matrix, 43% of
 the model, of which a request reads a few hundred rows. Loading it whole puts all of it in
 resident memory for rows that a deployment may never see. Here the matrix is an anonymous
 mapping of its full size that the kernel backs only where it is written (huge pages off, so one
 touched row costs one page); before each forward the rows its token ids need and that are not
-there yet are read from the weight file into place. The lookup itself is the module's own
+there yet are read into place (the file's pages are requested ahead at load, into the page
+cache, not into the process). The lookup itself is the module's own
 `F.embedding` on that matrix, so its output is bit for bit the one of the fully loaded matrix.
 
 The rows are read from a copy of the matrix's bytes that the server keeps in its export cache
