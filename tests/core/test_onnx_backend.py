@@ -139,3 +139,16 @@ def test_onnx_embedding_model_equals_torch(tmp_path: Path) -> None:
     for options in (EncodeOptions(), EncodeOptions(mode="chunk", max_chunks=3)):
         expected = torch_scorer.score("capital of France", docs, options)
         assert onnx_scorer.score("capital of France", docs, options) == pytest.approx(expected, abs=1e-4)
+
+
+def test_pruning_leaves_entries_that_vanish_while_it_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another instance renames its staging directory (or prunes) between the listing and a look."""
+    from compat_api.core.models import export_cache
+
+    keep = tmp_path / "onnx-fp32-aaaa"
+    keep.mkdir()
+    gone = tmp_path / ".staging-gone"
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*real_glob(self, pattern), gone])
+    export_cache.prune(tmp_path, keep)
+    assert keep.is_dir()

@@ -109,13 +109,22 @@ def prune(directory: Path, keep: Path) -> None:
     (other kinds are other backends' exports), and abandoned staging directories."""
     kind = keep.name.rsplit("-", 1)[0]
     versions = sorted((p for p in directory.iterdir() if p.is_dir() and p.name.rsplit("-", 1)[0] == kind),
-                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+                      key=_mtime, reverse=True)  # fmt: skip
     for old in [v for v in versions if v != keep][KEEP_VERSIONS - 1 :]:
         log.info("pruning an old export %s", old)
         shutil.rmtree(old, ignore_errors=True)
     for abandoned in directory.glob(".staging-*"):
-        if time.time() - abandoned.stat().st_mtime > 24 * 3600:
+        if time.time() - _mtime(abandoned) > 24 * 3600:
             shutil.rmtree(abandoned, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    """When `path` was last modified; now if it is gone meanwhile (another instance renamed or
+    removed it between the listing and this look), so that it is left alone."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 @contextmanager
