@@ -216,11 +216,11 @@ def _read_rows_lazily(model: Any, mapped: list[tuple[int, int, str, int]], dtype
         return 0
     try:
         rows = pin(source[0], source[1], nbytes)
+        target = dtype if dtype is not None and weight.is_floating_point() else weight.dtype
+        lazy = LazyRows(embedding, str(rows), 0, target)  # opens the copy first: on failure nothing changed
     except (ModelLoadError, OSError) as exc:
         log.warning("input embedding loaded whole: no copy of its rows could be kept (%s)", exc)
         return 0
-    target = dtype if dtype is not None and weight.is_floating_point() else weight.dtype
-    lazy = LazyRows(embedding, str(rows), 0, target)
     log.info("input embedding %s: rows read from %s as tokens use them", tuple(lazy.matrix.shape), rows)
     return int(lazy.matrix.data_ptr())
 
