@@ -118,13 +118,15 @@ class Settings(BaseSettings):
     )
     max_chunks_per_doc: int = Field(10, ge=1, le=1000, description="Most chunks per document (Cohere's default).")
     chunk_overlap: int = Field(64, ge=0, description="Tokens shared by consecutive chunks of a document.")
-    backend: Literal["torch", "bf16", "int8", "onnx", "openvino"] = Field(
+    backend: Literal["torch", "bf16", "int8", "onnx", "openvino", "openvino-int8"] = Field(
         "torch",
         description=(
             "torch: the model as stored (fp32; fp16 on GPUs); bf16: bf16 on CPUs that compute it natively "
             "(AVX512-BF16, AMX; refused elsewhere); int8: the model exported to ONNX with int8 MatMuls, run by "
             "ONNX Runtime; onnx: the same fp32 model run by ONNX Runtime; openvino: the same fp32 model run by "
-            "OpenVINO. All but torch run on the CPU only; exports are made once and cached (RERANK_CACHE_DIR)."
+            "OpenVINO; openvino-int8: OpenVINO with int8 weights and int8 activations quantized per call (bf16 "
+            "elsewhere on CPUs with native bf16). All but torch run on the CPU only; exports are made once and "
+            "cached (RERANK_CACHE_DIR)."
         ),
     )
     cache_dir: str = Field(

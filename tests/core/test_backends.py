@@ -1,4 +1,4 @@
-"""CPU backends beside the fp32 torch model: bf16 and int8 close to it (stated tolerances) and
+"""CPU backends beside the fp32 torch model: bf16 and the int8 paths close to it (stated tolerances) and
 ranking the bundled model's labelled set as it does, OpenVINO equal to it, bf16 refused where
 the CPU has no native bf16, lanes equal to one lane, and an export never stale."""
 
@@ -25,10 +25,12 @@ QUERY = "what is the capital of france"
 DOCS = ["paris is the capital of france", "berlin is the capital of germany", "", "cats " * 30, "函数计算"]
 # Largest score difference from fp32 (docs/benchmarks.md has the measured deviations of every
 # lossy path, on real weights and at bge-reranker-v2-m3's size): on real weights (the bundled
-# model) 0.05 for both; on the tiny random model, whose deliberately wide weights exaggerate
-# quantization error, 0.05 for bf16 and 0.15 for int8.
+# model) 0.05 for all; on the tiny random model, whose deliberately wide weights exaggerate
+# quantization error, 0.05 for bf16, 0.15 for int8 and 0.2 for openvino-int8 (int8 weights, and
+# bf16 for the rest of the graph where the CPU has it: measured 0.18 there; on real weights it is
+# the closest of the int8 paths, bench.accuracy).
 LOSSY_TOLERANCE = 0.05
-TINY_TOLERANCE = {"bf16": 0.05, "int8": 0.15}
+TINY_TOLERANCE = {"bf16": 0.05, "int8": 0.15, "openvino-int8": 0.2}
 needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 
 
@@ -41,7 +43,7 @@ def fp32(tiny_reranker_dir: Path) -> CrossEncoderScorer:
     return CrossEncoderScorer(str(tiny_reranker_dir), name="fp32", max_length=64)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("bf16", marks=needs_bf16), "int8"])
+@pytest.mark.parametrize("backend", [pytest.param("bf16", marks=needs_bf16), "int8", "openvino-int8"])
 def test_lossy_backends_score_close_to_fp32(fp32: CrossEncoderScorer, tiny_reranker_dir: Path, tmp_path: Path,
                                             backend: str) -> None:  # fmt: skip
     lossy = CrossEncoderScorer(str(tiny_reranker_dir), name=backend, max_length=64,
@@ -50,7 +52,7 @@ def test_lossy_backends_score_close_to_fp32(fp32: CrossEncoderScorer, tiny_reran
     assert scores(lossy, QUERY, DOCS) == pytest.approx(scores(fp32, QUERY, DOCS), abs=TINY_TOLERANCE[backend])
 
 
-@pytest.mark.parametrize("backend", [pytest.param("bf16", marks=needs_bf16), "int8"])
+@pytest.mark.parametrize("backend", [pytest.param("bf16", marks=needs_bf16), "int8", "openvino-int8"])
 def test_lossy_backends_rank_the_labelled_set_as_fp32(backend: str, tmp_path: Path) -> None:
     path = bundled_model_path()
     reference = Embedder(path, name="fp32", max_length=256)

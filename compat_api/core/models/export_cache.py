@@ -197,9 +197,10 @@ def load_verified(version: Path, *, complete: Callable[[Path], bool], make: Call
 
 def make_in_child(kind: str, path: str, output: str, directory: Path, inputs: dict[str, Any], *, threads: int,
                   trust_remote_code: bool) -> None:  # fmt: skip
-    """Make an export (`kind`: onnx, int8, int8r (7-bit weights), openvino) of the model at `path` into `directory` in a
-    child process: making one holds the torch model and another copy of its weights for a while
-    (ONNX Runtime's quantizer about three), and none of that may stay in the server."""
+    """Make an export (`kind`: onnx, int8, int8r (7-bit weights), openvino, openvino-int8) of the model
+    at `path` into `directory` in a child process: making one holds the torch model and another copy
+    of its weights for a while (ONNX Runtime's quantizer about three), and none of that may stay in
+    the server."""
     import numpy as np
 
     probe_file = directory / PROBE
@@ -235,10 +236,14 @@ def _child(argv: list[str]) -> int:
     with np.load(Path(directory) / PROBE) as saved:
         probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
     target = Path(directory)
-    if kind == "openvino":
-        from compat_api.core.models.openvino import convert
+    if kind in ("openvino", "openvino-int8"):
+        from compat_api.core.models.openvino import compress, convert
 
         convert(model, output, target, probe)
+        del model
+        gc.collect()
+        if kind == "openvino-int8":
+            compress(target)
         return 0
     from compat_api.core.models.onnx import export, quantize_graph
 

@@ -7,6 +7,7 @@
 | `int8` | ONNX Runtime, the export's MatMuls dynamic int8 | int8 weights | CPU |
 | `onnx` | ONNX Runtime | fp32 | CPU |
 | `openvino` | OpenVINO | fp32 | CPU |
+| `openvino-int8` | OpenVINO, int8 weights, activations quantized per call | int8 (bf16 elsewhere) | CPU |
 
 The torch backends take the weights out of the memory-mapped file one tensor at a time (see
 `own_memory`), converting as they go, so loading never holds two copies; a large input
@@ -27,8 +28,8 @@ from compat_api.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "bf16", "int8", "onnx", "openvino"]
-CPU_ONLY = ("bf16", "int8", "onnx", "openvino")
+Backend = Literal["torch", "bf16", "int8", "onnx", "openvino", "openvino-int8"]
+CPU_ONLY = ("bf16", "int8", "onnx", "openvino", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,11 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
     import torch
 
     backend = runtime.backend
-    if backend == "openvino":
+    if backend in ("openvino", "openvino-int8"):
         from compat_api.core.models.openvino import OpenVinoModule
 
         converted = OpenVinoModule.load(path=path, output=output, runtime=runtime, lanes=runtime.lanes, probe=probe)
-        return Prepared(converted, "float32")
+        return Prepared(converted, "int8" if backend == "openvino-int8" else "float32")
     if backend in ("onnx", "int8"):
         from compat_api.core.models.onnx import OnnxModule
 
