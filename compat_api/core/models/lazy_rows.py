@@ -36,7 +36,7 @@ ROWS = "rows.bin"
 
 
 class LazyRows:
-    """The forward pre-hook that fills an `nn.Embedding`'s missing rows from its weight file."""
+    """The forward pre-hook that fills an `nn.Embedding`'s missing rows from a file of its bytes."""
 
     def __init__(self, embedding: Any, path: str, offset: int, dtype: Any) -> None:
         import torch
@@ -82,18 +82,18 @@ class LazyRows:
                 self._fill(missing.tolist())
                 self._loaded[missing] = True
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _stat(self) -> tuple[int, int, int, bool]:
         info = os.fstat(self._fd)
-        return info.st_size, info.st_mtime_ns, info.st_ctime_ns
+        return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_nlink == 0
 
     def _changed(self) -> bool:
         """Whether the open file's content may differ from the loaded one's. Its ctime catches a write
         whose mtime was set back (`rsync --inplace -t`); once the file is unlinked (replaced by a
         rename, which moves its ctime too) no path can reach it any more, so size and mtime decide."""
-        now = self._stat()
-        if os.fstat(self._fd).st_nlink == 0:
-            return now[:2] != self._identity[:2]
-        return now != self._identity
+        size, mtime, ctime, unlinked = self._stat()
+        if unlinked:
+            return (size, mtime) != self._identity[:2]
+        return (size, mtime, ctime) != self._identity[:3]
 
     def _fill(self, ids: list[int]) -> None:
         """Read the rows `ids` (sorted, unique) in runs of consecutive ids, then check that the file
@@ -115,8 +115,8 @@ class LazyRows:
                 self.matrix[start:end] = raw.view(self.file_dtype).view(end - start, self.width).to(self.dtype)
         if self._changed():
             raise ModelFailure(
-                f"the weight file {self.path} was rewritten in place since the model was loaded; its new "
-                "version is reloaded (replace model files by renaming new ones over them)"
+                f"the embedding rows file {self.path} was rewritten in place since the model was loaded "
+                "(only this service may write to its export cache); reload the model"
             )
 
     def _read(self, start: int, out: Any) -> None:
@@ -125,7 +125,7 @@ class LazyRows:
         while view.nbytes:
             count = os.preadv(self._fd, [view], position)
             if not count:
-                raise ModelFailure(f"the weight file {self.path} is shorter than when the model was loaded")
+                raise ModelFailure(f"the embedding rows file {self.path} is shorter than when the model was loaded")
             view, position = view[count:], position + count
 
 
