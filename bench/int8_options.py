@@ -45,7 +45,7 @@ from bench.run import ROOT
 log = logging.getLogger("bench.int8_options")
 CACHE = ROOT / "bench" / ".out" / "realsize-cache"
 MODEL = ROOT / "bench" / ".models" / "m3-size"
-VARIANTS = ("torch fp32", "torch bf16", "ort int8", "ov int8 weights", "ov int8 static")
+VARIANTS = ("torch fp32", "torch bf16", "ov fp32", "ov bf16", "ort int8", "ov int8 weights", "ov int8 static")
 SHAPES = ((1, 417), (5, 404))
 
 
@@ -55,7 +55,9 @@ def inputs(batch: int, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def export(kind: str) -> Path:
-    found = sorted(CACHE.glob(f"*/{kind}-*/model.{'xml' if kind == 'openvino' else 'onnx'}"))
+    name = f"model.{'xml' if kind == 'openvino' else 'onnx'}"
+    # the kind, then the 16 hex digits of its version key: "openvino" must not match "openvino-int8"
+    found = sorted(p for p in CACHE.glob(f"*/{kind}-*/{name}") if re.fullmatch(f"{kind}-[0-9a-f]{{16}}", p.parent.name))
     if not found:
         raise SystemExit(f"no {kind} export in {CACHE}: run python -m bench.realsize --backends int8,openvino first")
     return found[-1]
@@ -93,7 +95,11 @@ def runner(variant: str, work: Path) -> Callable[[dict[str, np.ndarray]], np.nda
     model = core.read_model(str(export("openvino")))
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                               "INFERENCE_NUM_THREADS": 2}  # fmt: skip
-    if variant == "ov int8 weights":
+    if variant == "ov fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    elif variant == "ov bf16":
+        pass
+    elif variant == "ov int8 weights":
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 128
     else:
