@@ -124,9 +124,9 @@ class Settings(BaseSettings):
             "torch: the model as stored (fp32; fp16 on GPUs); bf16: bf16 on CPUs that compute it natively "
             "(AVX512-BF16, AMX; refused elsewhere); int8: the model exported to ONNX with int8 MatMuls, run by "
             "ONNX Runtime; onnx: the same fp32 model run by ONNX Runtime; openvino: the same fp32 model run by "
-            "OpenVINO; openvino-int8: OpenVINO with int8 weights and int8 activations quantized per call (bf16 "
-            "elsewhere on CPUs with native bf16). All but torch run on the CPU only; exports are made once and "
-            "cached (RERANK_CACHE_DIR)."
+            "OpenVINO; openvino-int8: OpenVINO statically quantized to int8 (weights and activations, scales "
+            "calibrated once on real text; bf16 elsewhere on CPUs with native bf16). All but torch run on the "
+            "CPU only; exports are made once and cached (RERANK_CACHE_DIR)."
         ),
     )
     cache_dir: str = Field(

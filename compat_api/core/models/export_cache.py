@@ -237,13 +237,18 @@ def _child(argv: list[str]) -> int:
         probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
     target = Path(directory)
     if kind in ("openvino", "openvino-int8"):
-        from compat_api.core.models.openvino import compress, convert
+        from compat_api.core.models.openvino import convert, quantize
 
         convert(model, output, target, probe)
         del model
         gc.collect()
         if kind == "openvino-int8":
-            compress(target)
+            from transformers import AutoTokenizer
+
+            from compat_api.core.models.calibration import calibration_inputs
+
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code="--trust-remote-code" in argv)
+            quantize(target, calibration_inputs(tokenizer, pairs=output == "logits", names=set(probe)))
         return 0
     from compat_api.core.models.onnx import export, quantize_graph
 

@@ -8,13 +8,16 @@ torch module, no ONNX step) is saved as IR in the private export cache and verif
 batch before it serves (compat_api/core/models/export_cache.py). Each lane runs its own infer
 request on one compiled model (one copy of the weights), with its own threads.
 
-`openvino-int8` compresses the converted model's weights to int8 (NNCF's `compress_weights`,
-asymmetric, one scale and zero point per output channel; the export child does it once) and
-lets OpenVINO's CPU plugin quantize each MatMul's activations per call in groups of
-`GROUP` values (its dynamic quantization), so the products run on the CPU's int8 instructions
-(VNNI, AMX); the rest of the graph runs in bf16 where the CPU computes bf16 natively, fp32
-elsewhere. Measured on the v2-m3-size model (`python -m bench.int8_options`): faster than ONNX
-Runtime's int8 and ten times closer to fp32.
+`openvino-int8` quantizes the converted model statically (NNCF's post-training quantization,
+model type TRANSFORMER: int8 weights per output channel and int8 activations, attention's own
+products included, each activation's scale calibrated on real query–passage text tokenized by
+the model's tokenizer, calibration.py); the export child does it once. Every MatMul then runs
+on the CPU's int8 instructions (VNNI, AMX) and the rest of the graph in bf16 where the CPU
+computes bf16 natively, fp32 elsewhere. The embedding tables (Gather) are left in fp32: OpenVINO
+reads them from the memory-mapped IR as they are, where an int8 table would be decompressed into
+a private fp32 copy at compile time (1 GiB more for XLM-R's 250k pieces). Measured on the
+v2-m3-size model (`python -m bench.realsize`, docs/benchmarks.md): about twice as fast as ONNX
+Runtime's dynamic int8 (the `int8` backend) on an AMX Xeon.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 
 IR = "model.xml"
 TOLERANCE = {"openvino": Tolerance(1e-3, 1e-4), "openvino-int8": Tolerance(0.25, 0.3)}
-GROUP = 128  # activation values sharing one int8 scale (OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE)
+METHOD = "static-1"  # how openvino-int8 quantizes: part of its cache key, so a changed method makes it again
 
 
 class OpenVinoModule:
@@ -62,9 +65,8 @@ class OpenVinoModule:
             "NUM_STREAMS": lanes,
             "INFERENCE_NUM_THREADS": threads * lanes,
         }
-        if int8:
+        if int8:  # the MatMuls are int8 already; the rest in bf16 where that is native
             config["INFERENCE_PRECISION_HINT"] = "bf16" if native_bf16() else "f32"
-            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = GROUP
         try:
             self.compiled = core.compile_model(core.read_model(ir), "CPU", config)
         except Exception as exc:
@@ -81,7 +83,8 @@ class OpenVinoModule:
 
         inputs = probe()
         kind = runtime.backend if runtime.backend == "openvino-int8" else "openvino"
-        version = model_cache(path, runtime.cache_dir) / version_key(path, kind, f"{output}|{openvino.__version__}")
+        salt = f"{output}|{openvino.__version__}" + (f"|{METHOD}" if kind == "openvino-int8" else "")
+        version = model_cache(path, runtime.cache_dir) / version_key(path, kind, salt)
 
         def open_(directory: Path) -> OpenVinoModule:
             return cls(directory / IR, output=output, threads=runtime.threads, lanes=lanes, int8=kind != "openvino")
@@ -145,15 +148,17 @@ def convert(model: Any, output: str, directory: Path, probe: dict[str, Any]) -> 
     log.info("converted the model to OpenVINO in %.1fs", time.perf_counter() - started)
 
 
-def compress(directory: Path) -> None:
-    """Compress the converted model's weights in `directory` to int8 (NNCF, asymmetric, per output
-    channel; the embedding table too), in place."""
+def quantize(directory: Path, samples: list[dict[str, Any]]) -> None:
+    """Quantize the converted model in `directory` to int8, in place: NNCF's static post-training
+    quantization calibrated on `samples` (calibration.py), embedding lookups left in fp32."""
     import nncf  # type: ignore[import-untyped,unused-ignore]
     import openvino as ov
 
     started = time.perf_counter()
-    core = ov.Core()
-    model = nncf.compress_weights(core.read_model(str(directory / IR)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    log.info("quantizing the OpenVINO model to int8 on %d calibration inputs (once per model version)", len(samples))
+    model = nncf.quantize(ov.Core().read_model(str(directory / IR)), nncf.Dataset(samples),
+                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples),
+                          ignored_scope=nncf.IgnoredScope(types=["Gather"]))  # fmt: skip
     staged = directory / "int8" / IR
     staged.parent.mkdir()
     ov.save_model(model, str(staged), compress_to_fp16=False)
@@ -161,4 +166,4 @@ def compress(directory: Path) -> None:
     for name in (IR, IR.replace(".xml", ".bin")):
         (staged.parent / name).replace(directory / name)
     staged.parent.rmdir()
-    log.info("compressed the OpenVINO model's weights to int8 in %.1fs", time.perf_counter() - started)
+    log.info("quantized the OpenVINO model to int8 in %.1fs", time.perf_counter() - started)

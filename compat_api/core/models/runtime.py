@@ -7,7 +7,7 @@
 | `int8` | ONNX Runtime, the export's MatMuls dynamic int8 | int8 weights | CPU |
 | `onnx` | ONNX Runtime | fp32 | CPU |
 | `openvino` | OpenVINO | fp32 | CPU |
-| `openvino-int8` | OpenVINO, int8 weights, activations quantized per call | int8 (bf16 elsewhere) | CPU |
+| `openvino-int8` | OpenVINO, static int8 (weights and activations, calibrated once) | int8 (bf16 elsewhere) | CPU |
 
 The torch backends take the weights out of the memory-mapped file one tensor at a time (see
 `own_memory`), converting as they go, so loading never holds two copies; a large input
