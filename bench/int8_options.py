@@ -10,12 +10,15 @@ bench.realsize --backends int8,openvino` leaves in bench/.out/realsize-cache:
 - `torch bf16`: the `bf16` backend's forward;
 - `ort int8`: the `int8` backend's graph in ONNX Runtime;
 - `ov int8 weights`: OpenVINO with int8 weights (NNCF `compress_weights`, INT8_ASYM) and its
-  dynamic quantization of activations (group 128), the rest in bf16;
-- `ov int8 static`: OpenVINO after NNCF's post-training quantization (`nncf.quantize`, model type
-  TRANSFORMER: activations too, attention's products included, with scales calibrated on 16
-  random-token inputs), the rest in bf16.
+  dynamic quantization of activations (group 128), the rest in bf16 (the `openvino-int8` backend
+  before its static quantization);
+- `ov fp32`, `ov bf16`: OpenVINO on the fp32 IR, compiled in fp32 (the `openvino` backend) and
+  with its bf16 precision hint;
+- `ov int8 static`: the `openvino-int8` backend's quantization (NNCF's post-training quantization,
+  model type TRANSFORMER: activations too, attention's products included, with scales calibrated
+  on the bundled real text of compat_api/core/models/calibration.py; embedding tables left fp32),
+  the rest in bf16.
 
-NNCF is not a dependency of the server: `pip install nncf==3.4.0` to run the OpenVINO rows.
 Printed: median forward time of one pair of 417 tokens and of 5 pairs of 404 tokens (the batch
 the server forms for a 16-document request), × torch fp32, peak RSS of the process (loading,
 compiling and the forwards) and the largest logit difference from torch fp32 on the 5 pairs.
@@ -95,21 +98,26 @@ def runner(variant: str, work: Path) -> Callable[[dict[str, np.ndarray]], np.nda
     model = core.read_model(str(export("openvino")))
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                               "INFERENCE_NUM_THREADS": 2}  # fmt: skip
-    if variant == "ov fp32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    elif variant == "ov bf16":
-        pass
-    elif variant == "ov int8 weights":
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 128
-    else:
+    xml = work / "model.xml"
+    if variant == "ov int8 static":  # the openvino-int8 backend's own quantization, on its calibration set
+        from transformers import AutoTokenizer
+
+        from compat_api.core.models.calibration import calibration_inputs
+        from compat_api.core.models.openvino import quantize
+
         names = {p.get_any_name() for p in model.inputs}
-        samples = [inputs(1, 100 + 20 * i, seed=100 + i) for i in range(16)]
-        data = nncf.Dataset([{k: v for k, v in s.items() if k in names} for s in samples])
-        model = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=16)
-    ov.save_model(model, str(work / "model.xml"), compress_to_fp16=False)
-    del model
-    compiled = core.compile_model(core.read_model(str(work / "model.xml")), "CPU", config)
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        del model
+        quantize(work, calibration_inputs(AutoTokenizer.from_pretrained(str(MODEL)), pairs=True, names=names))
+    else:
+        if variant == "ov fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        elif variant == "ov int8 weights":
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 128
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        del model
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
     request = compiled.create_infer_request()
     wanted = {p.get_any_name() for p in compiled.inputs}
     return lambda feed: np.asarray(request.infer({k: v for k, v in feed.items() if k in wanted})[0])
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         results[variant] = json.loads(line.removeprefix("RESULT "))
         time.sleep(1)  # let the previous process's threads go before the next one measures
     base = results.get("torch fp32")
-    print(f"Command: `python -m bench.int8_options --rounds {args.rounds}`\n")
+    print(f'Command: `python -m bench.int8_options --rounds {args.rounds} --variants "{args.variants}"`\n')
     print("| variant | 1 × 417 ms | 5 × 404 ms | × torch fp32 (5 × 404) | peak RSS MiB | max Δlogit vs fp32 |")
     print("|---|---|---|---|---|---|")
     for variant, got in results.items():
