@@ -197,10 +197,10 @@ def load_verified(version: Path, *, complete: Callable[[Path], bool], make: Call
 
 def make_in_child(kind: str, path: str, output: str, directory: Path, inputs: dict[str, Any], *, threads: int,
                   trust_remote_code: bool) -> None:  # fmt: skip
-    """Make an export (`kind`: onnx, int8, int8r (7-bit weights), openvino, openvino-int8) of the model
-    at `path` into `directory` in a child process: making one holds the torch model and another copy
-    of its weights for a while (ONNX Runtime's quantizer about three), and none of that may stay in
-    the server."""
+    """Make an export (`kind`: onnx, int8, int8r (7-bit weights), openvino, openvino-int8,
+    openvino-int8r (7-bit weights)) of the model at `path` into `directory` in a child process:
+    making one holds the torch model and another copy of its weights for a while (ONNX Runtime's
+    quantizer about three), and none of that may stay in the server."""
     import numpy as np
 
     probe_file = directory / PROBE
@@ -236,19 +236,20 @@ def _child(argv: list[str]) -> int:
     with np.load(Path(directory) / PROBE) as saved:
         probe = {name: torch.from_numpy(saved[name]) for name in saved.files}
     target = Path(directory)
-    if kind in ("openvino", "openvino-int8"):
+    if kind.startswith("openvino"):
         from compat_api.core.models.openvino import convert, quantize
 
         convert(model, output, target, probe)
         del model
         gc.collect()
-        if kind == "openvino-int8":
+        if kind != "openvino":
             from transformers import AutoTokenizer
 
             from compat_api.core.models.calibration import calibration_inputs
 
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code="--trust-remote-code" in argv)
-            quantize(target, calibration_inputs(tokenizer, pairs=output == "logits", names=set(probe)))
+            samples = calibration_inputs(tokenizer, pairs=output == "logits", names=set(probe))
+            quantize(target, samples, seven_bit=kind == "openvino-int8r")
         return 0
     from compat_api.core.models.onnx import export, quantize_graph
 

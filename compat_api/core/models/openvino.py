@@ -15,7 +15,9 @@ the model's tokenizer, calibration.py); the export child does it once. Every Mat
 on the CPU's int8 instructions (VNNI, AMX) and the rest of the graph in bf16 where the CPU
 computes bf16 natively, fp32 elsewhere. The embedding tables (Gather) are left in fp32: OpenVINO
 reads them from the memory-mapped IR as they are, where an int8 table would be decompressed into
-a private fp32 copy at compile time (1 GiB more for XLM-R's 250k pieces). Measured on the
+a private fp32 copy at compile time (1 GiB more for XLM-R's 250k pieces). On CPUs without VNNI,
+whose int8 kernels sum pairs of products in saturating 16 bits, every layer's weights take 7
+bits (NNCF's overflow fix; cache kind `openvino-int8r`), as the `int8` backend does. Measured on the
 v2-m3-size model (`python -m bench.realsize`, docs/benchmarks.md): about twice as fast as ONNX
 Runtime's dynamic int8 (the `int8` backend) on an AMX Xeon.
 """
@@ -45,7 +47,8 @@ from compat_api.core.models.runtime import Runtime
 log = logging.getLogger(__name__)
 
 IR = "model.xml"
-TOLERANCE = {"openvino": Tolerance(1e-3, 1e-4), "openvino-int8": Tolerance(0.25, 0.3)}
+TOLERANCE = {"openvino": Tolerance(1e-3, 1e-4), "openvino-int8": Tolerance(0.25, 0.3),
+             "openvino-int8r": Tolerance(0.25, 0.3)}  # fmt: skip
 METHOD = "static-1"  # how openvino-int8 quantizes: part of its cache key, so a changed method makes it again
 
 
@@ -81,9 +84,15 @@ class OpenVinoModule:
         verified on `probe`. The server process never reads the torch weights for it."""
         import openvino
 
+        from compat_api.core.models.runtime import native_int8_dot
+
         inputs = probe()
-        kind = runtime.backend if runtime.backend == "openvino-int8" else "openvino"
-        salt = f"{output}|{openvino.__version__}" + (f"|{METHOD}" if kind == "openvino-int8" else "")
+        kind = "openvino"
+        if runtime.backend == "openvino-int8":
+            # int8r: 7-bit weights for CPUs without VNNI, whose int8 kernels sum pairs in saturating
+            # 16 bits; its own cache entry, so instances on other CPUs sharing the NAS keep theirs
+            kind = "openvino-int8" if native_int8_dot() else "openvino-int8r"
+        salt = f"{output}|{openvino.__version__}" + (f"|{METHOD}" if kind != "openvino" else "")
         version = model_cache(path, runtime.cache_dir) / version_key(path, kind, salt)
 
         def open_(directory: Path) -> OpenVinoModule:
@@ -148,9 +157,10 @@ def convert(model: Any, output: str, directory: Path, probe: dict[str, Any]) -> 
     log.info("converted the model to OpenVINO in %.1fs", time.perf_counter() - started)
 
 
-def quantize(directory: Path, samples: list[dict[str, Any]]) -> None:
+def quantize(directory: Path, samples: list[dict[str, Any]], *, seven_bit: bool = False) -> None:
     """Quantize the converted model in `directory` to int8, in place: NNCF's static post-training
-    quantization calibrated on `samples` (calibration.py), embedding lookups left in fp32."""
+    quantization calibrated on `samples` (calibration.py), embedding lookups left in fp32; with
+    `seven_bit`, every layer's weights in 7 bits (NNCF's overflow fix, for CPUs without VNNI)."""
     import nncf  # type: ignore[import-untyped,unused-ignore]
     import openvino as ov
 
@@ -158,7 +168,9 @@ def quantize(directory: Path, samples: list[dict[str, Any]]) -> None:
     log.info("quantizing the OpenVINO model to int8 on %d calibration inputs (once per model version)", len(samples))
     model = nncf.quantize(ov.Core().read_model(str(directory / IR)), nncf.Dataset(samples),
                           model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples),
-                          ignored_scope=nncf.IgnoredScope(types=["Gather"]))  # fmt: skip
+                          ignored_scope=nncf.IgnoredScope(types=["Gather"]),
+                          advanced_parameters=nncf.AdvancedQuantizationParameters(
+                              overflow_fix=nncf.OverflowFix.ENABLE if seven_bit else None))  # fmt: skip
     staged = directory / "int8" / IR
     staged.parent.mkdir()
     ov.save_model(model, str(staged), compress_to_fp16=False)
