@@ -233,12 +233,12 @@ class Settings(BaseSettings):
             "torch_threads / lanes threads, fed by the same batcher (CPU; see the README for sizing)."
         ),
     )
-    onednn_linear: bool = Field(
-        True,
+    onednn_linear: bool | None = Field(
+        None,
         description=(
             "The torch backend on the CPU runs its fp32 Linear layers on oneDNN's kernels (the same math, "
-            "1.6-1.8x faster on AMD CPUs, where PyTorch's default MKL path leaves AVX-512 unused); false: "
-            "PyTorch's default kernels."
+            "1.6-1.8x faster on AMD CPUs, where PyTorch's default MKL path leaves AVX-512 unused). Default: on "
+            "every CPU but Intel's (MKL already runs AVX-512 there, and measured faster); true or false forces it."
         ),
     )
     heap_retain_mb: int = Field(

@@ -64,7 +64,7 @@ def test_served_models_give_the_default_kernels_outputs(tiny_reranker_dir: Path)
     """The bundled model's vectors and the tiny reranker's scores, oneDNN against PyTorch's default
     kernels (`onednn_linear=False`), which the fidelity tests tie to FlagEmbedding."""
     path = bundled_model_path()
-    fast = Embedder(path, name="fast", max_length=512, runtime=Runtime())
+    fast = Embedder(path, name="fast", max_length=512, runtime=Runtime(onednn_linear=True))
     plain = Embedder(path, name="plain", max_length=512, runtime=Runtime(onednn_linear=False))
     assert any(type(m) is OneDnnLinear for m in fast.model.modules())
     assert not any(type(m) is OneDnnLinear for m in plain.model.modules())
@@ -73,3 +73,24 @@ def test_served_models_give_the_default_kernels_outputs(tiny_reranker_dir: Path)
                for on in (True, False)]  # fmt: skip
     got, want = (np.asarray(s.score("what is function compute", TEXTS)) for s in scorers)
     assert np.abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize(("vendor", "switched"), [("AuthenticAMD", True), ("GenuineIntel", False)])
+def test_by_default_every_cpu_but_intels_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: str,
+                                                  switched: bool, tiny_reranker_dir: Path) -> None:  # fmt: skip
+    """MKL already runs AVX-512 on Intel CPUs (and measured faster there); elsewhere oneDNN wins."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu avx512f\n")
+    assert onednn.intel_cpu(cpuinfo) is not switched
+    real = onednn.intel_cpu
+    monkeypatch.setattr(onednn, "intel_cpu", lambda: real(cpuinfo))
+    assert onednn.wanted(None) is switched
+    assert onednn.wanted(True) is True and onednn.wanted(False) is False  # the operator's choice wins
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64, runtime=Runtime())
+    assert any(type(m) is OneDnnLinear for m in scorer.model.modules()) is switched
+
+
+def test_a_cpuinfo_without_a_vendor_is_not_intel(tmp_path: Path) -> None:
+    assert onednn.intel_cpu(tmp_path / "missing") is False
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\n")
+    assert onednn.intel_cpu(tmp_path / "cpuinfo") is False

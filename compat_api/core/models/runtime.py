@@ -48,7 +48,7 @@ class Runtime:
     cache_dir: str = ""
     trust_remote_code: bool = False
     lanes: int = 1
-    onednn_linear: bool = True  # fp32 Linear layers on oneDNN's kernels (CPU torch backend; see onednn.py)
+    onednn_linear: bool | None = None  # fp32 Linears on oneDNN (CPU torch backend; None: not on Intel; onednn.py)
 
     def __post_init__(self) -> None:
         if self.backend in CPU_ONLY and self.device != "cpu":
@@ -96,10 +96,11 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
         own_memory(model, pin=pin)
         trim_heap()
     model = model.to(runtime.device).eval()
-    if runtime.device == "cpu" and runtime.onednn_linear:
-        from compat_api.core.models.onednn import use_onednn_linears
+    if runtime.device == "cpu":
+        from compat_api.core.models.onednn import use_onednn_linears, wanted
 
-        log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model))
+        if wanted(runtime.onednn_linear):
+            log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model))
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
 
 
