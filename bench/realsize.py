@@ -50,7 +50,6 @@ WEIGHTS_MIB = 2_271_071_852 / 2**20  # the fp32 weights of bge-reranker-v2-m3's 
 # The torch backend with PyTorch's default fp32 kernels (RERANK_ONEDNN_LINEAR=false): the path
 # the issue measured, beside today's default.
 STOCK = "torch-stock"
-GLIBC = "torch-glibc"  # the torch backend with glibc's heap defaults (RERANK_HEAP_RETAIN_MB=0)
 CGROUPS = Path("/sys/fs/cgroup/memory")
 SEED: dict[str, object] = {"query": legacy.SEED_EXAMPLE["query"], "texts": legacy.SEED_EXAMPLE["compare_to"]}
 
@@ -112,17 +111,14 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         stock = self.backend == STOCK  # PyTorch's default fp32 kernels, as before the oneDNN linears
-        backend = "torch" if stock or self.backend == GLIBC else self.backend
         command = [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port), "--model-path",
-                   str(model), "--backend", backend, "--cache-mb", "0",
+                   str(model), "--backend", "torch" if stock else self.backend, "--cache-mb", "0",
                    "--max-length", "1024", "--torch-threads", str(threads), "--cache-dir", str(cache),
                    "--log-level", "warning", "--request-timeout", "600"]  # fmt: skip
         if self.lanes > 1:
             command += ["--lanes", str(self.lanes)]
         if stock:
             command += ["--onednn-linear", "false"]
-        if self.backend == GLIBC:
-            command += ["--heap-retain-mb", "0"]
         log.info("starting %s: %s", self.name, shlex.join(command))
         out = ROOT / "bench" / ".out" / f"realsize-{self.backend}-{self.lanes}.log"
         enter = None

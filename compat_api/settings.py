@@ -241,16 +241,6 @@ class Settings(BaseSettings):
             "every CPU but Intel's (MKL already runs AVX-512 there, and measured faster); true or false forces it."
         ),
     )
-    heap_retain_mb: int = Field(
-        256,
-        ge=0,
-        le=2047,
-        description=(
-            "MiB of freed memory the C heap (glibc) keeps for the next model call instead of handing it "
-            "back and faulting it in again page by page (6-10% of an fp32 forward on 2 cores); 0: glibc's "
-            "defaults."
-        ),
-    )
     tokenize_on_lane: bool | None = Field(
         None,
         description=(

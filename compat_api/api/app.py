@@ -24,7 +24,6 @@ from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
 from compat_api.api.rerank import cohere, shared, tei
 from compat_api.core.errors import CoreError, ModelLoadError
-from compat_api.core.heap import tune_heap
 from compat_api.core.registry import ModelRegistry
 from compat_api.provision import ProvisionError, provision
 from compat_api.settings import Settings
@@ -118,7 +117,6 @@ def publish_security_only_when_required(app: FastAPI, settings: Settings) -> Non
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the lifespan loads and warms the model before traffic is served."""
     settings = settings or Settings()
-    tune_heap(settings.heap_retain_mb)  # before the model's threads start (one arena for all)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
-from compat_api.core.heap import trim_heap
 from compat_api.core.models.base import (
     ITEMS_PER_STEP,
     LOAD_ERRORS,
@@ -38,7 +37,7 @@ from compat_api.core.models.base import (
     pad_batch,
     special_count,
 )
-from compat_api.core.models.runtime import Runtime, prepare
+from compat_api.core.models.runtime import Runtime, prepare, trim_heap
 from compat_api.core.ranking import Normalization
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from compat_api.core.errors import ModelLoadError
-from compat_api.core.heap import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,18 @@ def _pin(path: str, runtime: Runtime) -> Pin:
         return pin_rows(path, runtime.cache_dir, source, offset, nbytes)
 
     return pin
+
+
+def trim_heap() -> None:
+    """Give the C heap's freed pages back to the system (glibc keeps them otherwise): loading
+    leaves tens of MB of them behind, which would count at the load's peak."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to give back this way
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cpu_has(probes: tuple[str, ...], flags: tuple[str, ...]) -> bool:
