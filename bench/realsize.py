@@ -49,7 +49,8 @@ MODEL = ROOT / "bench" / ".models" / "m3-size"
 WEIGHTS_MIB = 2_271_071_852 / 2**20  # the fp32 weights of bge-reranker-v2-m3's size
 # The torch backend with PyTorch's default fp32 kernels (RERANK_ONEDNN_LINEAR=false): the path
 # the issue measured, beside today's default.
-STOCK = "torch-stock"
+STOCK = "torch-stock"  # the torch backend with the oneDNN linears off
+ONEDNN = "torch-onednn"  # ... and forced on (the default switches them on every CPU but Intel's)
 CGROUPS = Path("/sys/fs/cgroup/memory")
 SEED: dict[str, object] = {"query": legacy.SEED_EXAMPLE["query"], "texts": legacy.SEED_EXAMPLE["compare_to"]}
 
@@ -111,14 +112,15 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         stock = self.backend == STOCK  # PyTorch's default fp32 kernels, as before the oneDNN linears
+        backend = "torch" if self.backend in (STOCK, ONEDNN) else self.backend
         command = [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port), "--model-path",
-                   str(model), "--backend", "torch" if stock else self.backend, "--cache-mb", "0",
+                   str(model), "--backend", backend, "--cache-mb", "0",
                    "--max-length", "1024", "--torch-threads", str(threads), "--cache-dir", str(cache),
                    "--log-level", "warning", "--request-timeout", "600"]  # fmt: skip
         if self.lanes > 1:
             command += ["--lanes", str(self.lanes)]
-        if stock:
-            command += ["--onednn-linear", "false"]
+        if stock or self.backend == ONEDNN:
+            command += ["--onednn-linear", "false" if stock else "true"]
         log.info("starting %s: %s", self.name, shlex.join(command))
         out = ROOT / "bench" / ".out" / f"realsize-{self.backend}-{self.lanes}.log"
         enter = None

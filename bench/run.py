@@ -291,6 +291,13 @@ def running(servers: list[Server], out_dir: Path) -> Iterator[None]:
             server.stop()
 
 
+# Variants of a backend: the settings they change.
+VARIANTS = {
+    "torch-onednn": {"RERANK_BACKEND": "torch", "RERANK_ONEDNN_LINEAR": "true"},
+    "torch-stock": {"RERANK_BACKEND": "torch", "RERANK_ONEDNN_LINEAR": "false"},
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
@@ -300,7 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--infinity", default="", help="path of infinity_emb (in its own venv)")
     parser.add_argument(
-        "--backends", default="torch,onnx", help="compat-api backends (torch, bf16, int8, onnx, openvino)"
+        "--backends",
+        default="torch,onnx",
+        help="compat-api backends (torch, bf16, int8, onnx, openvino; torch-onednn and torch-stock: torch with "
+        "the oneDNN linears forced on or off)",
     )
     parser.add_argument("--lanes", default="1", help="comma-separated lane counts of the compat-api servers")
     parser.add_argument("--out", default="", help="append the result table to this markdown file")
@@ -317,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     servers = [
         compat_server("compat-api" + ("" if backend == "torch" else f"-{backend}") + ("" if lanes == "1" else
                       f" ×{lanes} lanes"), model, args.threads,
-                      {"RERANK_BACKEND": backend, "RERANK_CACHE_DIR": str(out_dir / "cache"), "RERANK_LANES": lanes})
+                      {"RERANK_BACKEND": backend, "RERANK_CACHE_DIR": str(out_dir / "cache"), "RERANK_LANES": lanes,
+                       **VARIANTS.get(backend, {})})
         for backend in backends for lanes in args.lanes.split(",")
     ]  # fmt: skip
     if args.infinity:
