@@ -4,10 +4,13 @@ Prints one table: the GFLOP/s of a Linear layer's matrix product (MiniLM's FFN s
 ~140 tokens; and bge-reranker-v2-m3's) with `F.linear` (PyTorch's default: MKL's sgemm) and with
 oneDNN (`compat_api.core.models.onednn`, what the server runs), then the forward of the bundled
 all-MiniLM-L6-v2 (32 texts of ~100 words) with each, its speed-up and the largest difference of
-the last hidden states. On a CPU with native bf16 a second table: attention in bf16 at
-bge-reranker-v2-m3's shapes (16 heads of 64, one pair of 417 tokens, and longer ones), PyTorch's
-fused CPU kernel against the bf16 backend's (`compat_api.core.models.bf16_attention`), with the
-largest difference of each from fp32. Medians over rounds, interleaved.
+the last hidden states. Then oneDNN's speed-up by the rows (tokens) of a call, at v2-m3's and
+MiniLM's Linear shapes: on Intel CPUs, whose MKL already runs AVX-512, the server's default
+hands inputs of `INTEL_MKL_ROWS` rows or more back to MKL. On a CPU with native bf16 a further
+table: attention in bf16 at bge-reranker-v2-m3's shapes (16 heads of 64, one pair of 417
+tokens, and longer ones), PyTorch's fused CPU kernel against the bf16 backend's
+(`compat_api.core.models.bf16_attention`), with the largest difference of each from fp32.
+Medians over rounds, interleaved.
 
     python -m bench.kernels --rounds 5
 """
@@ -26,7 +29,7 @@ import torch
 
 from bench.workloads import _text
 from compat_api.core.models.bf16_attention import LIMIT, attention
-from compat_api.core.models.onednn import _kernel, use_onednn_linears
+from compat_api.core.models.onednn import INTEL_MKL_ROWS, _kernel, use_onednn_linears
 from compat_api.core.models.runtime import native_bf16
 from compat_api.core.registry import bundled_model_path
 
@@ -89,11 +92,43 @@ def main(argv: list[str] | None = None) -> None:
     print("| what | PyTorch default (F.linear) | oneDNN | × | max abs difference |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
+    print(
+        f"\noneDNN's speed-up over F.linear by rows (the server's default on Intel: MKL from {INTEL_MKL_ROWS} rows)\n"
+    )
+    print("| shape (in → out) | " + " | ".join(f"{r} rows" for r in SWEEP_ROWS) + " |")
+    print("|---|" + "---|" * len(SWEEP_ROWS))
+    print("\n".join(sweep_rows(args.rounds)))
     if native_bf16():
         print("\n| attention, bf16 (batch × heads × tokens) | fused kernel | bf16 backend's | × "
               "| max abs diff from fp32: fused / ours |")  # fmt: skip
         print("|---|---|---|---|---|")
         print("\n".join(attention_rows(args.rounds)))
+
+
+SWEEP_ROWS = (16, 64, 128, 256, 512, 1024, 2048, 4096)
+SWEEP_SHAPES = {"v2-m3 FFN up (1024 → 4096)": (1024, 4096), "v2-m3 FFN down (4096 → 1024)": (4096, 1024),
+                "v2-m3 attention (1024 → 1024)": (1024, 1024), "MiniLM FFN up (384 → 1536)": (384, 1536),
+                "MiniLM FFN down (1536 → 384)": (1536, 384)}  # fmt: skip
+
+
+def sweep_rows(rounds: int) -> list[str]:
+    """oneDNN's speed-up (time of F.linear ÷ time of oneDNN) for each shape and row count."""
+    rows = []
+    with torch.inference_mode():
+        for name, (fan_in, fan_out) in SWEEP_SHAPES.items():
+            w, b = torch.randn(fan_out, fan_in), torch.randn(fan_out)
+            cells = []
+            for count in SWEEP_ROWS:
+                x = torch.randn(count, fan_in)
+                repeat = max(3, 20_000 // count)
+                default, onednn = [], []
+                for _ in range(rounds):
+                    default.append(timed(torch.nn.functional.linear, repeat, x, w, b))
+                    onednn.append(timed(_kernel, repeat, x, w, b))
+                cells.append(f"{statistics.median(default) / statistics.median(onednn):.2f}")
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+            log.info("%s: %s", name, " ".join(cells))
+    return rows
 
 
 def attention_rows(rounds: int) -> list[str]:

@@ -75,19 +75,41 @@ def test_served_models_give_the_default_kernels_outputs(tiny_reranker_dir: Path)
     assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize(("vendor", "switched"), [("AuthenticAMD", True), ("GenuineIntel", False)])
-def test_by_default_every_cpu_but_intels_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: str,
-                                                  switched: bool, tiny_reranker_dir: Path) -> None:  # fmt: skip
-    """MKL already runs AVX-512 on Intel CPUs (and measured faster there); elsewhere oneDNN wins."""
+@pytest.mark.parametrize(("vendor", "mkl_rows"), [("AuthenticAMD", None), ("GenuineIntel", onednn.INTEL_MKL_ROWS)])
+def test_by_default_intel_cpus_hand_large_inputs_back_to_mkl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: str, mkl_rows: int | None, tiny_reranker_dir: Path
+) -> None:
+    """MKL already runs AVX-512 on Intel CPUs and wins there on large inputs; elsewhere oneDNN
+    runs every size. The operator's setting wins either way."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu avx512f\n")
-    assert onednn.intel_cpu(cpuinfo) is not switched
+    assert onednn.intel_cpu(cpuinfo) is (mkl_rows is not None)
     real = onednn.intel_cpu
     monkeypatch.setattr(onednn, "intel_cpu", lambda: real(cpuinfo))
-    assert onednn.wanted(None) is switched
-    assert onednn.wanted(True) is True and onednn.wanted(False) is False  # the operator's choice wins
+    assert onednn.policy(None) == (True, mkl_rows)
+    assert onednn.policy(True) == (True, None) and onednn.policy(False) == (False, None)
     scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64, runtime=Runtime())
-    assert any(type(m) is OneDnnLinear for m in scorer.model.modules()) is switched
+    layers = [m for m in scorer.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers and all(type(m) is OneDnnLinear and m.mkl_rows == mkl_rows for m in layers)
+
+
+def test_a_switched_layer_runs_onednn_below_its_row_limit_and_mkl_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mlp()
+    assert use_onednn_linears(model, mkl_rows=8) == 2
+    calls: list[int] = []
+    real = onednn._kernel
+
+    def counted(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        calls.append(x.numel() // x.shape[-1])
+        return real(x, w, b)
+
+    monkeypatch.setattr(onednn, "_kernel", counted)
+    plain = mlp()
+    with torch.inference_mode():
+        for rows in (1, 7, 8, 40):
+            x = torch.randn(rows, 16)
+            assert torch.allclose(model(x), plain(x), atol=1e-5)
+    assert calls == [1, 1, 7, 7]  # both layers on oneDNN below 8 rows, on F.linear from 8
 
 
 def test_a_cpuinfo_without_a_vendor_is_not_intel(tmp_path: Path) -> None:

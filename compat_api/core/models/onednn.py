@@ -14,22 +14,25 @@ only routes its forward to `torch.ops.mkldnn._linear_pointwise`, the op PyTorch'
 emits for CPU linears. Before any layer is switched, a probe compares the op with `F.linear` on
 the model's first layer; a build without oneDNN, or any disagreement, keeps PyTorch's default.
 
-By default (`wanted(None)`) only CPUs not made by Intel switch: on Intel CPUs MKL already runs
-AVX-512, and oneDNN's op measured 3-8 % slower than it in MiniLM's forward on an AMX Xeon
-(`docs/benchmarks.md`). The operator can force either way.
+On Intel CPUs MKL already runs AVX-512, and there each kernel wins at its own sizes (`python -m
+bench.kernels`, an AMX Xeon, 2 cores): oneDNN 7-23 % faster on fewer than 512 rows (tokens in
+the call), MKL 5-7 % faster from 2,048. So by default (`policy(None)`) an Intel CPU's switched
+layers hand inputs of `INTEL_MKL_ROWS` rows or more back to `F.linear` (MKL); other CPUs run
+oneDNN at every size. The operator can force either kernel.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
+INTEL_MKL_ROWS = 1024  # on Intel CPUs, inputs of this many rows or more go to MKL (see above)
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -39,9 +42,14 @@ def _kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 class OneDnnLinear(torch.nn.Linear):
-    """An `nn.Linear` whose forward runs oneDNN's fp32 kernel on the same weights."""
+    """An `nn.Linear` whose forward runs oneDNN's fp32 kernel on the same weights (inputs of
+    `mkl_rows` rows or more: PyTorch's default kernel)."""
+
+    mkl_rows: int | None = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.mkl_rows is not None and input.numel() >= self.mkl_rows * self.in_features:
+            return torch.nn.functional.linear(input, self.weight, self.bias)
         return _kernel(input, self.weight, self.bias)
 
 
@@ -76,18 +84,20 @@ def intel_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def wanted(setting: bool | None) -> bool:
-    """Whether to switch: the operator's choice, else on every CPU but Intel's."""
+def policy(setting: bool | None) -> tuple[bool, int | None]:
+    """Whether to switch, and from how many rows on to hand inputs back to MKL: the operator's
+    choice (true: oneDNN always; false: never), else oneDNN everywhere but Intel's large inputs."""
     if setting is not None:
-        return setting
+        return setting, None
     if intel_cpu():
-        log.info("Intel CPU: fp32 Linear layers stay on PyTorch's MKL kernels (AVX-512 already)")
-        return False
-    return True
+        log.info("Intel CPU: fp32 Linear layers on oneDNN below %d rows, on MKL from there", INTEL_MKL_ROWS)
+        return True, INTEL_MKL_ROWS
+    return True, None
 
 
-def use_onednn_linears(model: Any) -> int:
-    """Route every fp32 CPU `nn.Linear` of `model` to oneDNN (in place); the number switched."""
+def use_onednn_linears(model: Any, mkl_rows: int | None = None) -> int:
+    """Route every fp32 CPU `nn.Linear` of `model` to oneDNN (in place; inputs of `mkl_rows`
+    rows or more stay on PyTorch's default); the number switched."""
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return 0
     layers = [
@@ -99,4 +109,5 @@ def use_onednn_linears(model: Any) -> int:
         return 0
     for layer in layers:
         layer.__class__ = OneDnnLinear
+        cast(OneDnnLinear, layer).mkl_rows = mkl_rows
     return len(layers)

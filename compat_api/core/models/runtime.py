@@ -47,7 +47,7 @@ class Runtime:
     cache_dir: str = ""
     trust_remote_code: bool = False
     lanes: int = 1
-    onednn_linear: bool | None = None  # fp32 Linears on oneDNN (CPU torch backend; None: not on Intel; onednn.py)
+    onednn_linear: bool | None = None  # fp32 Linears on oneDNN (CPU torch backend; None: by CPU; onednn.py)
 
     def __post_init__(self) -> None:
         if self.backend in CPU_ONLY and self.device != "cpu":
@@ -96,10 +96,11 @@ def prepare(model: Any, path: str, output: str, runtime: Runtime, probe: Callabl
         trim_heap()
     model = model.to(runtime.device).eval()
     if runtime.device == "cpu":
-        from compat_api.core.models.onednn import use_onednn_linears, wanted
+        from compat_api.core.models.onednn import policy, use_onednn_linears
 
-        if wanted(runtime.onednn_linear):
-            log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model))
+        switch, mkl_rows = policy(runtime.onednn_linear)
+        if switch:
+            log.info("fp32 Linear layers on oneDNN's kernels: %d", use_onednn_linears(model, mkl_rows))
     return Prepared(model, str(next(model.parameters()).dtype).removeprefix("torch."))
 
 
