@@ -238,7 +238,7 @@ class Settings(BaseSettings):
         description=(
             "The torch backend on the CPU runs its fp32 Linear layers on oneDNN's kernels (the same math, "
             "1.6-1.8x faster on AMD CPUs, where PyTorch's default MKL path leaves AVX-512 unused). Default: on "
-            "every CPU, except that Intel CPUs (whose MKL already runs AVX-512) run calls of 1,024 tokens or more "
+            "every CPU, except that Intel CPUs (whose MKL already runs AVX-512) run calls of 512 tokens or more "
             "on MKL, faster there at those sizes; true: oneDNN always; false: PyTorch's default kernels."
         ),
     )

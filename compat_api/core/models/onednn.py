@@ -15,8 +15,9 @@ emits for CPU linears. Before any layer is switched, a probe compares the op wit
 the model's first layer; a build without oneDNN, or any disagreement, keeps PyTorch's default.
 
 On Intel CPUs MKL already runs AVX-512, and there each kernel wins at its own sizes (`python -m
-bench.kernels`, an AMX Xeon, 2 cores): oneDNN 7-23 % faster on fewer than 512 rows (tokens in
-the call), MKL 5-7 % faster from 2,048. So by default (`policy(None)`) an Intel CPU's switched
+bench.kernels`, an AMX Xeon, 2 cores): at bge-reranker-v2-m3's shapes oneDNN is 4-26 % faster
+on fewer than 512 rows (tokens in the call), MKL 0-7 % faster from 512; at MiniLM's, MKL at
+most sizes. So by default (`policy(None)`) an Intel CPU's switched
 layers hand inputs of `INTEL_MKL_ROWS` rows or more back to `F.linear` (MKL); other CPUs run
 oneDNN at every size. The operator can force either kernel.
 """
@@ -32,7 +33,7 @@ import torch
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
-INTEL_MKL_ROWS = 1024  # on Intel CPUs, inputs of this many rows or more go to MKL (see above)
+INTEL_MKL_ROWS = 512  # on Intel CPUs, inputs of this many rows or more go to MKL (see above)
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
