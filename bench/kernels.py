@@ -5,8 +5,9 @@ Prints one table: the GFLOP/s of a Linear layer's matrix product (MiniLM's FFN s
 oneDNN (`compat_api.core.models.onednn`, what the server runs), then the forward of the bundled
 all-MiniLM-L6-v2 (32 texts of ~100 words) with each, its speed-up and the largest difference of
 the last hidden states. Then oneDNN's speed-up by the rows (tokens) of a call, at v2-m3's and
-MiniLM's Linear shapes: on Intel CPUs, whose MKL already runs AVX-512, the server's default
-hands inputs of `INTEL_MKL_ROWS` rows or more back to MKL. On a CPU with native bf16 a further
+MiniLM's Linear shapes: where MKL already runs the CPU's widest vectors (Intel CPUs, and CPUs
+without AVX-512), the server's default hands inputs of `MKL_ROWS` rows or more back to MKL. On a
+CPU with native bf16 a further
 table: attention in bf16 at bge-reranker-v2-m3's shapes (16 heads of 64, one pair of 417
 tokens, and longer ones), PyTorch's fused CPU kernel against the bf16 backend's
 (`compat_api.core.models.bf16_attention`), with the largest difference of each from fp32.
@@ -29,7 +30,7 @@ import torch
 
 from bench.workloads import _text
 from compat_api.core.models.bf16_attention import LIMIT, attention
-from compat_api.core.models.onednn import INTEL_MKL_ROWS, _kernel, use_onednn_linears
+from compat_api.core.models.onednn import MKL_ROWS, _kernel, use_onednn_linears
 from compat_api.core.models.runtime import native_bf16
 from compat_api.core.registry import bundled_model_path
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     print("\n".join(rows))
     print(
-        f"\noneDNN's speed-up over F.linear by rows (the server's default on Intel: MKL from {INTEL_MKL_ROWS} rows)\n"
+        "\noneDNN's speed-up over F.linear by rows "
+        f"(the server's default on Intel and AVX2-only CPUs: MKL from {MKL_ROWS} rows)\n"
     )
     print("| shape (in → out) | " + " | ".join(f"{r} rows" for r in SWEEP_ROWS) + " |")
     print("|---|" + "---|" * len(SWEEP_ROWS))

@@ -237,9 +237,10 @@ class Settings(BaseSettings):
         None,
         description=(
             "The torch backend on the CPU runs its fp32 Linear layers on oneDNN's kernels (the same math, "
-            "1.6-1.8x faster on AMD CPUs, where PyTorch's default MKL path leaves AVX-512 unused). Default: on "
-            "every CPU, except that Intel CPUs (whose MKL already runs AVX-512) run calls of 512 tokens or more "
-            "on MKL, faster there at those sizes; true: oneDNN always; false: PyTorch's default kernels."
+            "1.6-1.8x faster on AMD CPUs with AVX-512, which PyTorch's default MKL path leaves unused). Default: "
+            "on every CPU, except that where MKL already runs the widest vectors (Intel CPUs; CPUs without "
+            "AVX-512) calls of 512 tokens or more run on MKL, faster there at those sizes; true: oneDNN always; "
+            "false: PyTorch's default kernels."
         ),
     )
     tokenize_on_lane: bool | None = Field(

@@ -75,17 +75,31 @@ def test_served_models_give_the_default_kernels_outputs(tiny_reranker_dir: Path)
     assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize(("vendor", "mkl_rows"), [("AuthenticAMD", None), ("GenuineIntel", onednn.INTEL_MKL_ROWS)])
-def test_by_default_intel_cpus_hand_large_inputs_back_to_mkl(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: str, mkl_rows: int | None, tiny_reranker_dir: Path
+@pytest.mark.parametrize(
+    ("vendor", "flags", "mkl_rows"),
+    [
+        ("AuthenticAMD", "fpu avx2 avx512f avx512_bf16", None),  # Zen 4: MKL leaves AVX-512 unused
+        ("GenuineIntel", "fpu avx2 avx512f amx_bf16", onednn.MKL_ROWS),  # MKL runs AVX-512/AMX
+        ("AuthenticAMD", "fpu avx avx2 fma", onednn.MKL_ROWS),  # Zen 3: both run AVX2
+        ("GenuineIntel", "fpu avx avx2 fma", onednn.MKL_ROWS),
+    ],
+)
+def test_by_default_large_inputs_go_back_to_mkl_where_it_runs_the_widest_vectors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    vendor: str,
+    flags: str,
+    mkl_rows: int | None,
+    tiny_reranker_dir: Path,
 ) -> None:
-    """MKL already runs AVX-512 on Intel CPUs and wins there on large inputs; elsewhere oneDNN
-    runs every size. The operator's setting wins either way."""
+    """MKL runs AVX-512 on Intel CPUs, and AVX2 like oneDNN where there is no AVX-512: there it
+    wins on large inputs; on an AMD CPU with AVX-512 oneDNN runs every size. The operator's
+    setting wins either way."""
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu avx512f\n")
-    assert onednn.intel_cpu(cpuinfo) is (mkl_rows is not None)
-    real = onednn.intel_cpu
-    monkeypatch.setattr(onednn, "intel_cpu", lambda: real(cpuinfo))
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n")
+    assert onednn.mkl_runs_widest(cpuinfo) is (mkl_rows is not None)
+    real = onednn.mkl_runs_widest
+    monkeypatch.setattr(onednn, "mkl_runs_widest", lambda: real(cpuinfo))
     assert onednn.policy(None) == (True, mkl_rows)
     assert onednn.policy(True) == (True, None) and onednn.policy(False) == (False, None)
     scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64, runtime=Runtime())
@@ -112,7 +126,7 @@ def test_a_switched_layer_runs_onednn_below_its_row_limit_and_mkl_from_it(monkey
     assert calls == [1, 1, 7, 7]  # both layers on oneDNN below 8 rows, on F.linear from 8
 
 
-def test_a_cpuinfo_without_a_vendor_is_not_intel(tmp_path: Path) -> None:
-    assert onednn.intel_cpu(tmp_path / "missing") is False
+def test_an_unreadable_cpuinfo_or_one_without_a_vendor_keeps_onednn_everywhere(tmp_path: Path) -> None:
+    assert onednn.mkl_runs_widest(tmp_path / "missing") is False
     (tmp_path / "cpuinfo").write_text("processor\t: 0\n")
-    assert onednn.intel_cpu(tmp_path / "cpuinfo") is False
+    assert onednn.mkl_runs_widest(tmp_path / "cpuinfo") is False

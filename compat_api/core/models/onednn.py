@@ -14,12 +14,14 @@ only routes its forward to `torch.ops.mkldnn._linear_pointwise`, the op PyTorch'
 emits for CPU linears. Before any layer is switched, a probe compares the op with `F.linear` on
 the model's first layer; a build without oneDNN, or any disagreement, keeps PyTorch's default.
 
-On Intel CPUs MKL already runs AVX-512, and there each kernel wins at its own sizes (`python -m
-bench.kernels`, an AMX Xeon, 2 cores): at bge-reranker-v2-m3's shapes oneDNN is 4-26 % faster
-on fewer than 512 rows (tokens in the call), MKL 0-7 % faster from 512; at MiniLM's, MKL at
-most sizes. So by default (`policy(None)`) an Intel CPU's switched
-layers hand inputs of `INTEL_MKL_ROWS` rows or more back to `F.linear` (MKL); other CPUs run
-oneDNN at every size. The operator can force either kernel.
+Where MKL already runs the CPU's widest vectors (Intel CPUs, and CPUs without AVX-512, where
+both libraries run AVX2), each kernel wins at its own sizes (`python -m bench.kernels`, 2 cores):
+at bge-reranker-v2-m3's shapes oneDNN is 4-26 % faster on fewer than 512 rows (tokens in the
+call) and MKL 0-7 % faster from 512 on an AMX Xeon; on an AVX2-only EPYC (Zen 3) oneDNN 4-80 %
+faster below 512 rows and MKL up to 17 % faster from 1,024. So by default (`policy(None)`) such
+a CPU's switched layers hand inputs of `MKL_ROWS` rows or more back to `F.linear` (MKL); a CPU
+with AVX-512 that MKL leaves on AVX2 (AMD Zen 4 and later) runs oneDNN at every size. The
+operator can force either kernel.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
-INTEL_MKL_ROWS = 512  # on Intel CPUs, inputs of this many rows or more go to MKL (see above)
+MKL_ROWS = 512  # where MKL runs the widest vectors, inputs of this many rows or more go to it (see above)
 
 
 def _kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -73,26 +75,35 @@ def _agrees(layer: torch.nn.Linear) -> bool:
     return True
 
 
-def intel_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU is Intel's (MKL picks its widest kernels there)."""
+def mkl_runs_widest(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether MKL's sgemm already runs this CPU's widest vectors: an Intel CPU (MKL picks
+    AVX-512 or AMX there), or one without AVX-512 (both libraries run AVX2). Unreadable: no."""
+    vendor, flags = "", set[str]()
     try:
         with cpuinfo.open() as lines:
             for line in lines:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip() == "GenuineIntel"
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
     except OSError:
-        pass
-    return False
+        return False
+    if not vendor:
+        return False
+    return vendor == "GenuineIntel" or "avx512f" not in flags
 
 
 def policy(setting: bool | None) -> tuple[bool, int | None]:
     """Whether to switch, and from how many rows on to hand inputs back to MKL: the operator's
-    choice (true: oneDNN always; false: never), else oneDNN everywhere but Intel's large inputs."""
+    choice (true: oneDNN always; false: never), else oneDNN everywhere except large inputs on a
+    CPU whose widest vectors MKL already runs."""
     if setting is not None:
         return setting, None
-    if intel_cpu():
-        log.info("Intel CPU: fp32 Linear layers on oneDNN below %d rows, on MKL from there", INTEL_MKL_ROWS)
-        return True, INTEL_MKL_ROWS
+    if mkl_runs_widest():
+        log.info("MKL runs this CPU's widest vectors: fp32 Linear layers on oneDNN below %d rows, on MKL from there",
+                 MKL_ROWS)  # fmt: skip
+        return True, MKL_ROWS
     return True, None
 
 
