@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import host
 from bench.run import ROOT, Sample, Server, percentile, running, settle
 from bench.workloads import Request, Workload, _text
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     samples: dict[tuple[str, str], list[Sample]] = {}
     with running(servers, out_dir):
+        started = host.read()
         for round_no in range(args.rounds + 1):  # round 0 warms everything up and is not counted
             for workload in workloads(round_no, names):
                 texts = [t for r in workload.requests for t in r.documents]
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
                     log.info("round %d %s %-20s %7.1f texts/s", round_no, workload.name, name, sample.pairs_per_s)
                     if round_no > 0:
                         samples.setdefault((workload.name, name), []).append(sample)
+        steal = host.stolen(started, host.read())
     print(table(args, samples, names))
+    print(host.steal_note(steal) + "\n")
 
 
 def table(args: argparse.Namespace, samples: dict[tuple[str, str], list[Sample]], names: list[str]) -> str:

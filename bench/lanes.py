@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import host
 from bench.realsize import Server
 from bench.realsize import build as build_m3
 from bench.run import build_model, percentile
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             server.start(model, args.threads, cache)
         rng = random.Random(3)
+        started = host.read()
         for round_no in range(args.rounds + 1):
             for server in servers:
                 speed, lat = asyncio.run(round_(server.url, args.clients, args.requests, args.docs, args.words, rng))
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                 if round_no:
                     speeds[server.lanes].append(speed)
                     latencies[server.lanes] += lat
+        steal = host.stolen(started, host.read())
     finally:
         for server in servers:
             server.stop()
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {lanes} × {args.threads // lanes} | {speed:.2f} | {speed / base:.2f} | "
             f"{percentile(latencies[lanes], 0.5) * 1000:.0f} | {percentile(latencies[lanes], 0.99) * 1000:.0f} |"
         )
+
+    print("\n" + host.steal_note(steal))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import host
 from bench.run import ROOT, settle, spearman
 from bench.workloads import WORDS
 from compat_api.api.rerank import legacy
@@ -203,18 +204,23 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             server.start(model, args.threads, cache)
         rng = random.Random(7)
+        started = host.read()
         for round_no in range(args.rounds + 1):
             request = sixteen(rng)
+            round_started = host.read()
             for server in servers:
                 settle()
                 server.ask("16", request)
                 server.ask("seed", SEED)
                 log.info("round %d %-10s 16 docs %.1fs, seed %.2fs", round_no, server.name,
                          server.latencies["16"][-1], server.latencies["seed"][-1])  # fmt: skip
+            log.info("round %d: %s", round_no, host.steal_note(host.stolen(round_started, host.read())))
+        steal = host.stolen(started, host.read())
     finally:
         for server in servers:
             server.stop()
     print(table(servers, args, command))
+    print(host.steal_note(steal) + "\n")
     if any(server.limit for server in servers):
         print(limit_table(servers))
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench import host
 from bench.workloads import Request, Workload, build
 
 log = logging.getLogger("bench")
@@ -336,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
 
     samples: dict[tuple[str, str], list[Sample]] = {}
     with running(servers, out_dir):
+        started = host.read()
         for round_no in range(args.rounds + 1):  # round 0 warms everything up and is not counted
+            round_started = host.read()
             for workload in [w for w in build(round_no, args.scale) if w.name in wanted]:
                 pairs = raw.pairs_of(workload)
                 workload.extra["pairs"] = len(pairs)
@@ -351,10 +354,13 @@ def main(argv: list[str] | None = None) -> None:
                     log.info("round %d %s %-16s %7.1f pairs/s", round_no, workload.name, name, sample.pairs_per_s)
                     if round_no > 0:
                         samples.setdefault((workload.name, name), []).append(sample)
+            log.info("round %d: %s", round_no, host.steal_note(host.stolen(round_started, host.read())))
+        steal = host.stolen(started, host.read())
 
     report = table(args, samples, wanted, [s.name for s in servers])
     if "int8" in backends and "torch" in backends:
         report += int8_report(samples, wanted)
+    report += "\n" + host.steal_note(steal) + "\n"
     print(report)
     if args.out:
         with open(args.out, "a") as sink:
