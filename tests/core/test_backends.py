@@ -5,6 +5,7 @@ the CPU has no native bf16, lanes equal to one lane, and an export never stale."
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 
@@ -67,11 +68,18 @@ def test_lossy_backends_rank_the_labelled_set_as_fp32(backend: str, tmp_path: Pa
 
 
 def test_openvino_int8_takes_7_bit_weights_where_the_cpu_has_no_vnni(
-    fp32: CrossEncoderScorer, tiny_reranker_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fp32: CrossEncoderScorer,
+    tiny_reranker_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(runtime_module, "native_int8_dot", lambda: False)
-    lossy = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64,
-                               runtime=Runtime(backend="openvino-int8", cache_dir=str(tmp_path)))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="compat_api.core.models.openvino"):
+        lossy = CrossEncoderScorer(str(tiny_reranker_dir), name="r", max_length=64,
+                                   runtime=Runtime(backend="openvino-int8", cache_dir=str(tmp_path)))  # fmt: skip
+    # where it gains nothing, the operator is told what does
+    assert any("without VNNI" in r.message and "RERANK_BACKEND=int8" in r.message for r in caplog.records)
     kinds = {p.name.rsplit("-", 1)[0] for p in model_cache(str(tiny_reranker_dir), str(tmp_path)).iterdir()}
     assert kinds == {"openvino-int8r"}, "its own cache entry: instances on VNNI CPUs keep 8-bit weights"
     assert lossy.info.dtype == "int8"

@@ -19,7 +19,8 @@ a private fp32 copy at compile time (1 GiB more for XLM-R's 250k pieces). On CPU
 whose int8 kernels sum pairs of products in saturating 16 bits, every layer's weights take 7
 bits (NNCF's overflow fix; cache kind `openvino-int8r`), as the `int8` backend does. Measured on the
 v2-m3-size model (`python -m bench.realsize`, docs/benchmarks.md): about twice as fast as ONNX
-Runtime's dynamic int8 (the `int8` backend) on an AMX Xeon.
+Runtime's dynamic int8 (the `int8` backend) on an AMX Xeon; on an AVX2 EPYC without VNNI no faster
+than fp32 (1.02x, where `int8` ran 1.77x), so there it serves with a warning that says so.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class OpenVinoModule:
             # int8r: 7-bit weights for CPUs without VNNI, whose int8 kernels sum pairs in saturating
             # 16 bits; its own cache entry, so instances on other CPUs sharing the NAS keep theirs
             kind = "openvino-int8" if native_int8_dot() else "openvino-int8r"
+            if kind == "openvino-int8r":
+                log.warning("RERANK_BACKEND=openvino-int8 on a CPU without VNNI: OpenVINO's int8 kernels run here "
+                            "no faster than fp32 (measured on an AVX2 EPYC, docs/benchmarks.md); RERANK_BACKEND=int8 "
+                            "(ONNX Runtime) is about 1.8x fp32 on such CPUs")  # fmt: skip
         salt = f"{output}|{openvino.__version__}" + (f"|{METHOD}" if kind != "openvino" else "")
         version = model_cache(path, runtime.cache_dir) / version_key(path, kind, salt)
 
