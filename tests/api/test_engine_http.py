@@ -131,7 +131,9 @@ def test_max_chunks_per_doc_chunks_long_documents(tiny_reranker_dir: Path, path:
 
         truncated, chunked = ask(), ask(max_chunks_per_doc=20)
         assert chunked.meta.tokens.input_tokens > 3 * truncated.meta.tokens.input_tokens
-        assert chunked.results[0].relevance_score >= truncated.results[0].relevance_score
+        # the best chunk scores at least the first window (the truncated document), up to the float
+        # rounding of another batch shape (a batch of 20 chunks may run on another kernel)
+        assert chunked.results[0].relevance_score >= truncated.results[0].relevance_score - 1e-6
 
 
 def test_repeated_requests_are_served_from_the_cache(tiny_reranker_dir: Path) -> None:
