@@ -32,6 +32,8 @@ from typing import Any, cast
 
 import torch
 
+from compat_api.core.models.cpu import parse, this_cpu
+
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
@@ -75,23 +77,14 @@ def _agrees(layer: torch.nn.Linear) -> bool:
     return True
 
 
-def mkl_runs_widest(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def mkl_runs_widest(cpuinfo: Path | None = None) -> bool:
     """Whether MKL's sgemm already runs this CPU's widest vectors: an Intel CPU (MKL picks
-    AVX-512 or AMX there), or one without AVX-512 (both libraries run AVX2). Unreadable: no."""
-    vendor, flags = "", set[str]()
-    try:
-        with cpuinfo.open() as lines:
-            for line in lines:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
+    AVX-512 or AMX there), or one without AVX-512 (both libraries run AVX2). Unreadable or
+    without a vendor: no. `cpuinfo`: another cpuinfo file to read (tests)."""
+    cpu = this_cpu() if cpuinfo is None else parse(cpuinfo)
+    if cpu is None or not cpu.vendor:
         return False
-    if not vendor:
-        return False
-    return vendor == "GenuineIntel" or "avx512f" not in flags
+    return cpu.vendor == "GenuineIntel" or "avx512f" not in cpu.flags
 
 
 def policy(setting: bool | None) -> tuple[bool, int | None]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from compat_api.core.errors import ModelLoadError
+from compat_api.core.models.cpu import this_cpu
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,8 @@ def _cpu_has(probes: tuple[str, ...], flags: tuple[str, ...]) -> bool:
     try:
         return any(bool(getattr(torch.cpu, f"_is_{probe}_supported")()) for probe in probes)
     except AttributeError:
-        try:
-            listed = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return any(f" {flag}" in listed for flag in flags)
+        cpu = this_cpu()
+        return cpu is not None and not cpu.flags.isdisjoint(flags)
 
 
 def native_bf16() -> bool:
