@@ -32,7 +32,7 @@ from typing import Any
 
 from compat_api.core.errors import CoreError, LimitExceeded, ModelFailure, ModelNotReady, Overloaded
 from compat_api.core.models.base import DEFAULT_OPTIONS, Cost, EncodeOptions, Encoding, Item, Scorer, Step
-from compat_api.core.scheduling import Queue, plan_batches, select_round
+from compat_api.core.scheduling import Queue, plan_batches, round_budget, select_round
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class BatchEngine:
         self._rotation = (self._rotation + 1) % len(jobs)
         rotated = jobs[self._rotation :] + jobs[: self._rotation]
         owner = {id(job.queue): job for job in rotated}
-        picked = select_round([job.queue for job in rotated], self.max_batch_tokens, self.max_batch_size)
+        picked = select_round([job.queue for job in rotated], round_budget(self.max_batch_tokens), self.max_batch_size)
         return [(owner[id(queue)], index) for queue, index, _ in picked]
 
     async def _lane(self, lane: ThreadPoolExecutor) -> None:

@@ -275,6 +275,41 @@ def test_a_probe_is_never_refused_and_goes_first(tiny_scorer: CrossEncoderScorer
     asyncio.run(run())
 
 
+class Sized(Gated):
+    """Items of the lengths the documents name ("126" is one item of 126 tokens); outputs 0."""
+
+    def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+        yield [Item(int(doc), {}) for doc in documents]
+
+    def forward(self, items: Sequence[Item]) -> list[Any]:
+        self.batches.append(len(items))
+        return [0.0] * len(items)
+
+    def finish(self, encoding: Encoding, outputs: Sequence[Any]) -> list[float]:
+        return [float(x) for x in outputs]
+
+
+def test_a_round_fits_its_padded_calls_so_no_item_spills_into_a_call_of_its_own(
+    tiny_scorer: CrossEncoderScorer,
+) -> None:
+    """16 items of 126-130 tokens fit a 2,048-token budget unpadded but not padded to 130: a
+    round sized by the padded budget's real tokens made calls of 15 and then 1, twice. Calls
+    stay within the budget, and only the request's own remainder is a small call."""
+    sized = Sized(tiny_scorer)
+    lengths = ([126] * 15 + [130]) * 2
+
+    async def run() -> None:
+        engine = BatchEngine(sized, max_batch_tokens=2048, max_batch_size=64)
+        engine.start()
+        scores, _ = await asyncio.wait_for(engine.score("q", [str(n) for n in lengths]), 10)
+        assert len(scores) == len(lengths)
+        await engine.close()
+
+    asyncio.run(run())
+    assert sized.batches == [14, 14, 4]
+    assert all(size * 130 <= 2048 for size in sized.batches)
+
+
 def test_cancelled_request_items_never_reach_the_model(tiny_scorer: CrossEncoderScorer) -> None:
     gated = Gated(tiny_scorer)
 
