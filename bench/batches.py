@@ -5,9 +5,11 @@ measured speed, within MIN/MAX_ADAPTIVE_TOKENS). This benchmark checks that choi
 model itself: it loads a model as the server does (default settings, `load_scorer`), measures the
 forward in pairs/s at fixed batch sizes on W1's pairs (sorted by length, as the engine batches
 them; sizes interleaved, median of rounds), then runs W1's requests (1 client x 32 documents)
-through a real `BatchEngine` with the server's defaults and reports the sizes of the calls it made
-and their pairs/s. If the adaptive sizes sit at the forward's best, no batch rule can make the
-server faster on this CPU.
+through a real `BatchEngine` with the server's defaults and reports the sizes of the calls it made,
+their pairs/s and the share of the engine's time spent inside them: with the engine's rule for a
+round (`scheduling.round_budget`) and with the rule before it, side by side in each round. If
+the adaptive sizes sit at the forward's best, no batch rule can make the server faster on this
+CPU.
 
     python -m bench.batches --rounds 3
     python -m bench.batches --model-path bench/.models/minilm-cross-encoder
@@ -21,13 +23,18 @@ import collections
 import logging
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 from bench import host
 from bench.workloads import build
+from compat_api.core import engine as engine_module
 from compat_api.core.engine import BatchEngine, BatchStats
 from compat_api.core.models.base import DEFAULT_OPTIONS, Encoding, Item, Scorer
 from compat_api.core.registry import ModelSpec, load_scorer
+from compat_api.core.scheduling import round_budget
 from compat_api.settings import Settings
 
 log = logging.getLogger("bench.batches")
@@ -50,6 +57,35 @@ def forward_speed(scorer: Scorer, items: list[Item], size: int) -> float:
     for i in range(0, len(items), size):
         scorer.forward(items[i : i + size])
     return len(items) / (time.perf_counter() - started)
+
+
+@dataclass
+class EngineRuns:
+    """One engine variant's rounds: pairs/s, share of wall time in model calls, its calls."""
+
+    speeds: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def add(self, speed: float, calls: list[BatchStats]) -> None:
+        self.speeds.append(speed)
+        self.busy.append(sum(call.seconds for call in calls) * speed / sum(call.size for call in calls))
+        self.seconds.extend(call.seconds for call in calls)
+        self.sizes.update(call.size for call in calls)
+
+    def histogram(self) -> str:
+        total = sum(self.sizes.values())
+        return ", ".join(f"{size}: {count / total:.0%}" for size, count in sorted(self.sizes.items()))
+
+
+# How much of the token budget a round may take in real tokens: the engine's rule (room for its
+# calls' padding) and the first rule (the whole budget, so a round's last item or two spilled into
+# a call of their own once padded).
+VARIANTS: dict[str, Callable[[int], int]] = {
+    "90 % of the budget (the engine's rule)": round_budget,
+    "the whole budget (the first rule)": lambda max_tokens: max_tokens,
+}
 
 
 async def through_engine(scorer: Scorer, settings: Settings, round_no: int) -> tuple[float, list[BatchStats]]:
@@ -88,10 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     scorer = load_scorer(ModelSpec(name="bench", path=args.model_path), settings)
     before = host.read()
     speeds: dict[int, list[float]] = collections.defaultdict(list)
-    engine_speeds: list[float] = []
-    busy: list[float] = []  # the share of the engine's wall time spent inside model calls
-    sizes: collections.Counter[int] = collections.Counter()
-    seconds: list[float] = []
+    runs = {variant: EngineRuns() for variant in VARIANTS}
     for round_no in range(args.rounds):
         workload = build(round_no)[0]
         pairs = [(r.query, d) for r in workload.clients[0] for d in r.documents][:96]
@@ -99,14 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         forward_speed(scorer, items[:16], 16)
         for size in SIZES:
             speeds[size].append(forward_speed(scorer, items, size))
-        speed, calls = asyncio.run(through_engine(scorer, settings, round_no))
-        engine_speeds.append(speed)
-        busy.append(sum(call.seconds for call in calls) * speed / sum(call.size for call in calls))
-        sizes.update(call.size for call in calls)
-        seconds.extend(call.seconds for call in calls)
-        log.info("round %d: forward %s pairs/s; engine %.1f pairs/s in calls of %s", round_no + 1,
-                 {s: round(v[-1], 1) for s, v in speeds.items()}, speed,
-                 sorted(collections.Counter(c.size for c in calls).items()))  # fmt: skip
+        for variant, budget in VARIANTS.items():
+            with mock.patch.object(engine_module, "round_budget", budget):
+                speed, calls = asyncio.run(through_engine(scorer, settings, round_no))
+            runs[variant].add(speed, calls)
+            log.info("round %d, %s: engine %.1f pairs/s in calls of %s", round_no + 1, variant, speed,
+                     sorted(collections.Counter(c.size for c in calls).items()))  # fmt: skip
+        log.info("round %d: forward %s pairs/s", round_no + 1, {s: round(v[-1], 1) for s, v in speeds.items()})
     share = host.stolen(before, host.read())
     medians = {size: statistics.median(values) for size, values in speeds.items()}
     best = max(medians, key=lambda size: medians[size])
@@ -115,12 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|" + "---|" * len(SIZES))
     print("| forward pairs/s | " + " | ".join(f"{medians[s]:.1f}" for s in SIZES) + " |")
     print("| × best | " + " | ".join(f"{medians[s] / medians[best]:.2f}" for s in SIZES) + " |")
-    total = sum(sizes.values())
-    common = ", ".join(f"{size} ({count / total:.0%})" for size, count in sorted(sizes.items()))
-    print(f"\nThrough the engine (defaults: RERANK_BATCH_SECONDS={settings.batch_seconds}): "
-          f"{statistics.median(engine_speeds):.1f} pairs/s (median), {statistics.median(seconds) * 1000:.0f} ms a "
-          f"call (median), {statistics.median(busy):.0%} of its time inside model calls; calls by size: {common}. "
-          f"The forward's best batch: {best}.")  # fmt: skip
+    print(f"\nW1 through a BatchEngine with the server's CPU defaults (RERANK_BATCH_SECONDS={settings.batch_seconds}); "
+          f"the forward's best batch: {best}, {medians[best]:.1f} pairs/s\n")  # fmt: skip
+    print("| rounds | pairs/s | × forward's best | ms a call | time in model calls | calls by size |")
+    print("|---|---|---|---|---|---|")
+    for variant, run in runs.items():
+        speed = statistics.median(run.speeds)
+        print(f"| {variant} | {speed:.1f} | {speed / medians[best]:.2f} | {statistics.median(run.seconds) * 1000:.0f} "
+              f"| {statistics.median(run.busy):.0%} | {run.histogram()} |")  # fmt: skip
     print(host.steal_note(share))
 
 

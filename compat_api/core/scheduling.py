@@ -12,9 +12,9 @@ next *round* of items (`select_round`, at most a token budget and a size cap):
    requests finish in arrival order rather than all at once.
 
 The round is then split into model calls of similar length (`plan_batches`), so padding stays
-small; a round takes at most `round_budget` real tokens, so that its padded calls fit the token
-budget without a spilled item running alone. A new request therefore waits about one round,
-never for everything queued before it.
+small. A round takes at most `round_budget` real tokens, room for its calls' padding within the
+token budget, so that no item spills into a call of its own. A new request therefore waits about
+one round, never for everything queued before it.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class Queue:
 
 def round_budget(max_tokens: int) -> int:
     """The real tokens a round may take so that its calls, padded by at most MAX_BATCH_PADDING,
-    stay within `max_tokens`: a round sized by the padded budget itself would spill its last item
-    or two into a call of their own (measured: a third of MiniLM's calls held 1 pair)."""
+    stay within `max_tokens`. A round sized by the padded budget itself spilled its last item or
+    two into a call of their own (a third of MiniLM's calls held 1 pair: `python -m bench.batches`),
+    one more call per round, which on a GPU costs nearly as much as a full one."""
     return max(1, int(max_tokens * (1 - MAX_BATCH_PADDING)))
 
 
