@@ -58,8 +58,8 @@ class Queue:
 def round_budget(max_tokens: int) -> int:
     """The real tokens a round may take so that its calls, padded by at most MAX_BATCH_PADDING,
     stay within `max_tokens`. A round sized by the padded budget itself spilled its last item or
-    two into a call of their own (a third of MiniLM's calls held 1 pair: `python -m bench.batches`),
-    one more call per round, which on a GPU costs nearly as much as a full one."""
+    two into a call of their own (a third of MiniLM's calls held 1 pair: `python -m bench.batches`):
+    one more call per round, each with a call's fixed cost."""
     return max(1, int(max_tokens * (1 - MAX_BATCH_PADDING)))
 
 

@@ -1,8 +1,8 @@
 """What this CPU is: its vendor and feature flags, read once from /proc/cpuinfo.
 
-Every CPU-dependent choice (oneDNN or MKL for fp32 Linear layers, native bf16, int8 dot
-products, 7-bit int8 weights) reads the processor through this one parser, so a test can pass a
-fake cpuinfo file and all of them agree on what they see.
+The choice of oneDNN or MKL for fp32 Linear layers reads the vendor and flags here, and the
+native bf16 and int8 dot-product checks fall back on these flags where torch has no probe for
+them, so all of them see the same processor and a test can pass in a fake cpuinfo file.
 """
 
 from __future__ import annotations
