@@ -336,8 +336,7 @@ class BatchEngine:
         start = len(job.items)
         job.items.extend(items)
         job.outputs.extend([None] * len(items))
-        for offset, item in enumerate(items):
-            job.queue.push(start + offset, item.length)
+        job.queue.extend(start, [item.length for item in items])
         self._queues[job.queue.seq] = job
         self._work.set()
 

@@ -11,10 +11,11 @@ next *round* of items (`select_round`, at most a token budget and a size cap):
    small request finishes in about one round even behind thousands of queued items, and equal
    requests finish in arrival order rather than all at once.
 
-The round is then split into model calls of similar length (`plan_batches`), so padding stays
-small. A round takes at most `round_budget` real tokens, room for its calls' padding within the
-token budget, so that no item spills into a call of its own. A new request therefore waits about
-one round, never for everything queued before it.
+A request's items wait longest first within each tokenization step (`Queue.extend`), so a round
+holds items of similar length. The round is then split into model calls of similar length
+(`plan_batches`), so padding stays small. A round takes at most `round_budget` real tokens,
+room for its calls' padding within the token budget, so that no item spills into a call of its
+own. A new request therefore waits about one round, never for everything queued before it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class Queue:
     def push(self, index: int, length: int) -> None:
         self.items.append((index, max(1, length)))
         self.tokens += max(1, length)
+
+    def extend(self, start: int, lengths: Sequence[int]) -> None:
+        """Queue a tokenization step's items (indices from `start`), longest first: the rounds
+        that take them then hold items of similar length, so each round runs as one or two full
+        model calls instead of several small ones split off by the padding rule."""
+        for offset in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+            self.push(start + offset, lengths[offset])
 
     def pop(self) -> tuple[int, int]:
         index, length = self.items.popleft()

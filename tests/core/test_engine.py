@@ -310,6 +310,30 @@ def test_a_round_fits_its_padded_calls_so_no_item_spills_into_a_call_of_its_own(
     assert all(size * 130 <= 2048 for size in sized.batches)
 
 
+def test_a_request_waits_longest_first_so_its_rounds_run_as_few_full_calls(tiny_scorer: CrossEncoderScorer) -> None:
+    """32 items of 100 and 50 tokens, interleaved. Waiting in arrival order, every round held
+    both lengths and the padding rule split it: calls of 15, 9, 5 and 3. Longest first, the
+    request runs as two calls, each within the budget and the padding rule."""
+    sized = Sized(tiny_scorer)
+    lengths = [100, 50] * 16
+
+    async def run() -> None:
+        engine = BatchEngine(sized, max_batch_tokens=2048, max_batch_size=64)
+        engine.start()
+        scores, _ = await asyncio.wait_for(engine.score("q", [str(n) for n in lengths]), 10)
+        assert len(scores) == len(lengths)
+        await engine.close()
+
+    asyncio.run(run())
+    assert sized.batches == [20, 12]
+
+
+def test_queue_hands_out_a_steps_items_longest_first_and_keeps_their_indices() -> None:
+    queue = Queue(0)
+    queue.extend(5, [30, 90, 60])
+    assert [queue.pop() for _ in range(3)] == [(6, 90), (7, 60), (5, 30)]
+
+
 def test_cancelled_request_items_never_reach_the_model(tiny_scorer: CrossEncoderScorer) -> None:
     gated = Gated(tiny_scorer)
 
