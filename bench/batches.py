@@ -6,10 +6,10 @@ model itself: it loads a model as the server does (default settings, `load_score
 forward in pairs/s at fixed batch sizes on W1's pairs (sorted by length, as the engine batches
 them; sizes interleaved, median of rounds), then runs W1's requests (1 client x 32 documents)
 through a real `BatchEngine` with the server's defaults and reports the sizes of the calls it made,
-their pairs/s and the share of the engine's time spent inside them: with the engine's rule for a
-round (`scheduling.round_budget`) and with the rule before it, side by side in each round. If
-the adaptive sizes sit at the forward's best, no batch rule can make the server faster on this
-CPU.
+their pairs/s and the share of the engine's time spent inside them: with the engine's order for
+a request's waiting items (longest first, `Queue.extend`) and with arrival order, side by side in
+each round. If the adaptive sizes sit at the forward's best, no batch rule can make the server
+faster on this CPU.
 
     python -m bench.batches --rounds 3
     python -m bench.batches --model-path bench/.models/minilm-cross-encoder
@@ -20,21 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
 from bench import host
 from bench.workloads import build
-from compat_api.core import engine as engine_module
-from compat_api.core.engine import BatchEngine, BatchStats
+from compat_api.core.engine import BatchStats
 from compat_api.core.models.base import DEFAULT_OPTIONS, Encoding, Item, Scorer
-from compat_api.core.registry import ModelSpec, load_scorer
-from compat_api.core.scheduling import round_budget
+from compat_api.core.registry import ModelSpec, build_engine, load_scorer
+from compat_api.core.scheduling import Queue
 from compat_api.settings import Settings
 
 log = logging.getLogger("bench.batches")
@@ -79,19 +79,24 @@ class EngineRuns:
         return ", ".join(f"{size}: {count / total:.0%}" for size, count in sorted(self.sizes.items()))
 
 
-# How much of the token budget a round may take in real tokens: the engine's rule (room for its
-# calls' padding) and the first rule (the whole budget, so a round's last item or two spilled into
-# a call of their own once padded).
-VARIANTS: dict[str, Callable[[int], int]] = {
-    "90 % of the budget (the engine's rule)": round_budget,
-    "the whole budget (the first rule)": lambda max_tokens: max_tokens,
+def arrival_order(queue: Queue, start: int, lengths: Sequence[int]) -> None:
+    """The queue order before `Queue.extend`: a step's items as tokenized."""
+    for offset, length in enumerate(lengths):
+        queue.push(start + offset, length)
+
+
+# The order a request's items wait in: the engine's (a step's items longest first, so a round
+# holds items of similar length) and the one before it (arrival order, so the padding rule split
+# each round into several small calls).
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[object]]] = {
+    "longest first (the engine's rule)": contextlib.nullcontext,
+    "arrival order (the rule before)": lambda: mock.patch.object(Queue, "extend", arrival_order),
 }
 
 
 async def through_engine(scorer: Scorer, settings: Settings, round_no: int) -> tuple[float, list[BatchStats]]:
     """W1's requests through an engine with the server's CPU defaults: pairs/s and its calls."""
-    engine = BatchEngine(scorer, max_batch_tokens=settings.batch_tokens("cpu"), max_batch_size=settings.batch_size,
-                         batch_seconds=settings.batch_seconds, tokenize_on_lane=True)  # fmt: skip
+    engine = build_engine(scorer, settings)
     calls: list[BatchStats] = []
     engine.observers.append(calls.append)
     engine.start()
@@ -132,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         forward_speed(scorer, items[:16], 16)
         for size in SIZES:
             speeds[size].append(forward_speed(scorer, items, size))
-        for variant, budget in VARIANTS.items():
-            with mock.patch.object(engine_module, "round_budget", budget):
+        for variant, patch in VARIANTS.items():
+            with patch():
                 speed, calls = asyncio.run(through_engine(scorer, settings, round_no))
             runs[variant].add(speed, calls)
             log.info("round %d, %s: engine %.1f pairs/s in calls of %s", round_no + 1, variant, speed,

@@ -194,6 +194,32 @@ def warm(scorer: Scorer) -> None:
              [round(s, 4) for s in scores])  # fmt: skip
 
 
+def build_engine(scorer: Scorer, settings: Settings) -> BatchEngine:
+    """The engine the server runs `scorer` with under `settings`: queue bounds, lanes, batch
+    budget, tokenizing and score cache (the registry and the benchmarks build it here)."""
+    limits = Limits(
+        max_queue_items=settings.max_queue_pairs,
+        max_queue_tokens=settings.max_queue_tokens,
+        max_request_items=settings.max_request_items,
+        max_request_tokens=settings.max_request_tokens,
+    )
+    # Lanes share the CPU's threads; LLM rerankers tokenize inside their forward: one lane.
+    lanes = settings.lanes if scorer.info.device == "cpu" and scorer.info.backend != "flagembedding" else 1
+    return BatchEngine(
+        scorer,
+        max_batch_tokens=settings.batch_tokens(scorer.info.device),
+        max_batch_size=settings.batch_size,
+        limits=limits,
+        lanes=lanes,
+        lane_threads=max(1, settings.torch_threads // lanes) if lanes > 1 else None,
+        tokenize_on_lane=settings.tokenize_on_lane
+        if settings.tokenize_on_lane is not None
+        else (scorer.info.device == "cpu" and lanes == 1),
+        batch_seconds=settings.batch_seconds if settings.adaptive_batches(scorer.info.device) else None,
+        cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
+    )
+
+
 class ModelRegistry:
     """Holds the served models. With one model served, any requested name resolves to it."""
 
@@ -206,28 +232,7 @@ class ModelRegistry:
         self.batch_observers: list[Callable[[str, BatchStats], None]] = []
 
     def _engine(self, scorer: Scorer) -> BatchEngine:
-        settings = self.settings
-        limits = Limits(
-            max_queue_items=settings.max_queue_pairs,
-            max_queue_tokens=settings.max_queue_tokens,
-            max_request_items=settings.max_request_items,
-            max_request_tokens=settings.max_request_tokens,
-        )
-        # Lanes share the CPU's threads; LLM rerankers tokenize inside their forward: one lane.
-        lanes = settings.lanes if scorer.info.device == "cpu" and scorer.info.backend != "flagembedding" else 1
-        engine = BatchEngine(
-            scorer,
-            max_batch_tokens=settings.batch_tokens(scorer.info.device),
-            max_batch_size=settings.batch_size,
-            limits=limits,
-            lanes=lanes,
-            lane_threads=max(1, settings.torch_threads // lanes) if lanes > 1 else None,
-            tokenize_on_lane=settings.tokenize_on_lane
-            if settings.tokenize_on_lane is not None
-            else (scorer.info.device == "cpu" and lanes == 1),
-            batch_seconds=settings.batch_seconds if settings.adaptive_batches(scorer.info.device) else None,
-            cache=ScoreCache(settings.cache_mb * 1024 * 1024) if settings.cache_mb else None,
-        )
+        engine = build_engine(scorer, self.settings)
         name = scorer.info.name
 
         def report(stats: BatchStats) -> None:
