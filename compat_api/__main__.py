@@ -12,6 +12,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from compat_api.api.app import create_app
 from compat_api.api.connections import guarded_protocol
@@ -20,7 +21,11 @@ from compat_api.settings import Settings
 
 
 def serve(argv: list[str]) -> None:
-    settings = Settings(_cli_parse_args=argv)
+    try:
+        settings = Settings(_cli_parse_args=argv)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"compat-api: invalid settings (environment or flags):\n{problems}")
     configure_logging(settings.log_level, settings.log_format == "json")
     build_server(settings).run()
 

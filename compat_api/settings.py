@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -275,6 +275,25 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or value.startswith("cuda:") or value == "mps":
             return value
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _requests_fit_the_queue(self) -> Settings:
+        """A request larger than the queue bound would be admitted only into an empty queue and
+        refused (429) at any other time, however often it retried. A per-request cap left at its
+        default follows a smaller queue bound; one set above it is refused at start-up."""
+        for request, queue in (("max_request_items", "max_queue_pairs"), ("max_request_tokens", "max_queue_tokens")):
+            request_value, queue_value = getattr(self, request), getattr(self, queue)
+            if request_value <= queue_value:
+                continue
+            if request not in self.model_fields_set:
+                setattr(self, request, queue_value)
+                continue
+            request_name, queue_name = f"RERANK_{request.upper()}", f"RERANK_{queue.upper()}"
+            raise ValueError(
+                f"{request_name}={request_value} is larger than {queue_name}={queue_value}: a request that size "
+                f"could never wait in the queue beside another one; raise {queue_name} or lower {request_name}"
+            )
+        return self
 
     def batch_tokens(self, device: str) -> int:
         """The (initial) token budget of one model call on this device."""

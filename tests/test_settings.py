@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -47,6 +48,33 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RERANK_DEVICE", "tpu")
     with pytest.raises(ValueError, match="device must be"):
         Settings()
+
+
+def test_a_per_request_cap_above_the_queue_bound_is_refused_and_a_default_one_follows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RERANK_MAX_QUEUE_PAIRS", "2048")
+    monkeypatch.setenv("RERANK_MAX_QUEUE_TOKENS", "500000")
+    settings = Settings()
+    assert (settings.max_request_items, settings.max_request_tokens) == (2048, 500_000)
+    monkeypatch.setenv("RERANK_MAX_REQUEST_ITEMS", "3000")
+    with pytest.raises(ValueError, match="RERANK_MAX_REQUEST_ITEMS=3000 is larger than RERANK_MAX_QUEUE_PAIRS=2048"):
+        Settings()
+    monkeypatch.delenv("RERANK_MAX_REQUEST_ITEMS")
+    with pytest.raises(ValueError, match="RERANK_MAX_REQUEST_TOKENS=600000 is larger than RERANK_MAX_QUEUE_TOKENS"):
+        Settings(max_request_tokens=600_000)
+
+
+def test_bad_settings_stop_the_server_with_a_message_naming_each_one() -> None:
+    env = {**os.environ, "RERANK_DEVICE": "tpu", "RERANK_MAX_REQUEST_ITEMS": "9999"}
+    env.pop("MODEL_PATH", None)
+    result = subprocess.run([sys.executable, "-m", "compat_api", "--port", "abc"], capture_output=True, text=True,
+                            timeout=60, env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "invalid settings" in result.stderr
+    assert "port: Input should be a valid integer" in result.stderr
+    assert "device: Value error, device must be" in result.stderr
 
 
 def test_help_lists_every_setting() -> None:
