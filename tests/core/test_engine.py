@@ -289,43 +289,37 @@ class Sized(Gated):
         return [float(x) for x in outputs]
 
 
+def call_sizes(scorer: CrossEncoderScorer, lengths: list[int]) -> list[int]:
+    """The sizes of the model calls one request of items of `lengths` runs as (2,048-token budget)."""
+    sized = Sized(scorer)
+
+    async def run() -> None:
+        engine = BatchEngine(sized, max_batch_tokens=2048, max_batch_size=64)
+        engine.start()
+        scores, _ = await asyncio.wait_for(engine.score("q", [str(n) for n in lengths]), 10)
+        assert len(scores) == len(lengths)
+        await engine.close()
+
+    asyncio.run(run())
+    return sized.batches
+
+
 def test_a_round_fits_its_padded_calls_so_no_item_spills_into_a_call_of_its_own(
     tiny_scorer: CrossEncoderScorer,
 ) -> None:
     """16 items of 126-130 tokens fit a 2,048-token budget unpadded but not padded to 130: a
     round sized by the padded budget's real tokens made calls of 15 and then 1, twice. Calls
     stay within the budget, and only the request's own remainder is a small call."""
-    sized = Sized(tiny_scorer)
-    lengths = ([126] * 15 + [130]) * 2
-
-    async def run() -> None:
-        engine = BatchEngine(sized, max_batch_tokens=2048, max_batch_size=64)
-        engine.start()
-        scores, _ = await asyncio.wait_for(engine.score("q", [str(n) for n in lengths]), 10)
-        assert len(scores) == len(lengths)
-        await engine.close()
-
-    asyncio.run(run())
-    assert sized.batches == [14, 14, 4]
-    assert all(size * 130 <= 2048 for size in sized.batches)
+    sizes = call_sizes(tiny_scorer, ([126] * 15 + [130]) * 2)
+    assert sizes == [14, 14, 4]
+    assert all(size * 130 <= 2048 for size in sizes)
 
 
 def test_a_request_waits_longest_first_so_its_rounds_run_as_few_full_calls(tiny_scorer: CrossEncoderScorer) -> None:
     """32 items of 100 and 50 tokens, interleaved. Waiting in arrival order, every round held
     both lengths and the padding rule split it: calls of 15, 9, 5 and 3. Longest first, the
     request runs as two calls, each within the budget and the padding rule."""
-    sized = Sized(tiny_scorer)
-    lengths = [100, 50] * 16
-
-    async def run() -> None:
-        engine = BatchEngine(sized, max_batch_tokens=2048, max_batch_size=64)
-        engine.start()
-        scores, _ = await asyncio.wait_for(engine.score("q", [str(n) for n in lengths]), 10)
-        assert len(scores) == len(lengths)
-        await engine.close()
-
-    asyncio.run(run())
-    assert sized.batches == [20, 12]
+    assert call_sizes(tiny_scorer, [100, 50] * 16) == [20, 12]
 
 
 def test_queue_hands_out_a_steps_items_longest_first_and_keeps_their_indices() -> None:
