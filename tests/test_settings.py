@@ -66,7 +66,7 @@ def test_a_per_request_cap_above_the_queue_bound_is_refused_and_a_default_one_fo
 
 
 def test_bad_settings_stop_the_server_with_a_message_naming_each_one() -> None:
-    env = {**os.environ, "RERANK_DEVICE": "tpu", "RERANK_MAX_REQUEST_ITEMS": "9999"}
+    env = {**os.environ, "RERANK_DEVICE": "tpu"}
     env.pop("MODEL_PATH", None)
     result = subprocess.run([sys.executable, "-m", "compat_api", "--port", "abc"], capture_output=True, text=True,
                             timeout=60, env=env)  # fmt: skip
