@@ -12,11 +12,13 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
-from compat_api.api.app import create_app
+from compat_api.api.app import create_app, preflight
 from compat_api.api.connections import guarded_protocol
 from compat_api.api.observability import configure_logging
+from compat_api.core.errors import CoreError
 from compat_api.settings import Settings
 
 
@@ -27,7 +29,15 @@ def serve(argv: list[str]) -> None:
         problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         sys.exit(f"compat-api: invalid settings (environment or flags):\n{problems}")
     configure_logging(settings.log_level, settings.log_format == "json")
-    build_server(settings).run()
+    try:
+        preflight(settings)
+    except CoreError as exc:
+        sys.exit(f"compat-api: cannot start: {exc.message}")
+    server = build_server(settings)
+    server.run()
+    app = server.config.app
+    if isinstance(app, FastAPI) and getattr(app.state, "startup_error", None):
+        sys.exit(1)  # the clear line is already in the log
 
 
 # How long before the end of the shutdown grace requests still running are answered 503.
@@ -35,14 +45,15 @@ DRAIN_MARGIN_S = 0.5
 
 
 def build_server(settings: Settings) -> uvicorn.Server:
-    """uvicorn serving the app. On SIGTERM it stops accepting connections and lets admitted
-    requests finish within the grace; those still running just before it ends get a JSON 503."""
-    app = create_app(settings)
+    """uvicorn serving the app, listening while the models load (503 until ready). On SIGTERM it
+    stops accepting connections and lets admitted requests finish within the grace; those still
+    running just before it ends get a JSON 503."""
+    app = create_app(settings, background_load=True)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=guarded_protocol(settings.header_timeout, settings.max_connections),
+        http=guarded_protocol(settings.header_timeout, settings.max_connections, settings.send_timeout),
         log_level=settings.log_level,
         log_config=None,  # our handlers: text or JSON lines with the request id
         access_log=False,  # one access line per request comes from our middleware
@@ -63,6 +74,11 @@ def build_server(settings: Settings) -> uvicorn.Server:
         stop(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
+
+    def on_startup_failure() -> None:  # a model that cannot load: stop serving (exit status 1)
+        server.should_exit = True
+
+    app.state.on_startup_failure = on_startup_failure
     return server
 
 

@@ -108,15 +108,18 @@ def status(target: Path) -> str:
     return "ours" if files == manifest(target) else "changed"
 
 
-def fetch(source: str, model_id: str, staging: Path, revision: str | None) -> None:
+def fetch(source: str, model_id: str, staging: Path, revision: str | None, endpoint: str | None = None) -> None:
     """Fill `staging` from the hub or ModelScope (in a child process that may go online), or
-    from a local directory."""
+    from a local directory. `endpoint`: another Hugging Face endpoint (a mirror, e.g.
+    https://hf-mirror.com, where huggingface.co is out of reach)."""
     if source in ("huggingface", "modelscope"):
         command = [sys.executable, "-m", "compat_api", "download-model", "--fetch-into", str(staging),
                    "--source", source, "--model-id", model_id]  # fmt: skip
         if revision:
             command += ["--revision", revision]
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+        if endpoint:
+            env["HF_ENDPOINT"] = endpoint
         last = ""
         with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
             assert child.stderr is not None
@@ -154,7 +157,7 @@ def download(source: str, model_id: str, staging: Path, revision: str | None) ->
 
 
 def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "huggingface",
-              revision: str | None = None, force: bool = False) -> str:  # fmt: skip
+              revision: str | None = None, force: bool = False, endpoint: str | None = None) -> str:  # fmt: skip
     """Put the model at `target`; returns what happened (`downloaded`, `verified`, `kept`)."""
     try:
         state = status(target)
@@ -178,7 +181,7 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
     started = time.monotonic()
     log.info("fetching %s from %s into %s", model_id, source, staging)
     try:
-        fetch(source, model_id, staging, revision)
+        fetch(source, model_id, staging, revision, endpoint)
         shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
         log.info("verifying %s", staging)
         verify(staging)
@@ -217,6 +220,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--source", default="huggingface",
                         help="huggingface (default), modelscope, or a local directory to copy from")  # fmt: skip
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument("--endpoint", default=Settings().provision_endpoint or None,
+                        help="Hugging Face endpoint, e.g. https://hf-mirror.com (default: $RERANK_PROVISION_ENDPOINT, "
+                             "else huggingface.co)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace a model this tool did not write")
     parser.add_argument("--fetch-into", default=None, help=argparse.SUPPRESS)  # the download's child process
     args = parser.parse_args(argv)
@@ -230,7 +236,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         outcome = provision(Path(args.target), model_id=args.model_id, source=args.source,
-                            revision=args.revision, force=args.force)  # fmt: skip
+                            revision=args.revision, force=args.force, endpoint=args.endpoint)  # fmt: skip
     except ProvisionError as exc:
         log.error("%s", exc)
         return 2

@@ -6,18 +6,40 @@ Every setting is an environment variable `RERANK_<NAME>` and a command-line flag
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+CGROUP = Path("/sys/fs/cgroup")
 
-def _available_cores() -> int:
+
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """The CPUs a container's CPU limit allows (`docker run --cpus`, Kubernetes limits), from
+    cgroup v2's cpu.max or v1's cfs quota; None: no limit (or no cgroup to read)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        if (cgroup / "cpu.max").is_file():
+            quota, _, period = (cgroup / "cpu.max").read_text().partition(" ")
+            return None if quota.strip() == "max" else int(quota) / int(period)
+        quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text()
+        period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text()
+        return None if int(quota) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def available_cores(cgroup: Path = CGROUP) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container CPU limit (rounded
+    up; a limit of 1.5 CPUs gets 2 threads)."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 class Settings(BaseSettings):
@@ -27,6 +49,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RERANK_",
         cli_kebab_case=True,
+        cli_implicit_flags=True,  # an on/off setting is a bare flag: --trust-remote-code, --no-warmup
         cli_prog_name="python -m compat_api",
         populate_by_name=True,
         extra="ignore",
@@ -54,8 +77,9 @@ class Settings(BaseSettings):
     embedding_query_instruction: str = Field(
         "",
         description=(
-            "Prefix for queries (Cohere input_type search_query), e.g. 'Represent this sentence for searching "
-            "relevant passages: ' for bge-*-v1.5; empty: none (bge-m3 needs none)."
+            "Prefix for queries (Cohere input_type search_query, and the query of a rerank an embedding model "
+            "answers by cosine), e.g. 'Represent this sentence for searching relevant passages: ' for "
+            "bge-*-v1.5; empty: none (bge-m3 needs none)."
         ),
     )
     models: str = Field(
@@ -96,6 +120,13 @@ class Settings(BaseSettings):
     )
     provision_source: str = Field(
         "huggingface", description="Where provision_model comes from: huggingface, modelscope or a directory."
+    )
+    provision_endpoint: str = Field(
+        "",
+        description=(
+            "Hugging Face endpoint for provision_model, e.g. https://hf-mirror.com where huggingface.co is out of "
+            "reach (mainland China regions); empty: huggingface.co."
+        ),
     )
     model_name: str | None = Field(
         None, description="Served model name reported in responses (default: the directory name)."
@@ -201,6 +232,14 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         30.0, gt=0, description="Seconds a client has to send a request's body once its headers are in; past it: 408."
     )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Seconds an answer may wait for its client to read on (the bytes still to send not shrinking); past "
+            "it the connection is dropped, with the memory the answer held."
+        ),
+    )
     max_connections: int = Field(
         1024, ge=1, description="Most open client connections; beyond it a new connection gets 429 and is closed."
     )
@@ -220,9 +259,9 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. Set: scoring and model routes need 'Authorization: Bearer <key>'.",
     )
     torch_threads: int = Field(
-        default_factory=_available_cores,
+        default_factory=available_cores,
         ge=1,
-        description="torch intra-op threads (default: the cores this process may use).",
+        description="torch intra-op threads (default: the cores this process may use, within a container's CPU limit).",
     )
     lanes: int = Field(
         1,
@@ -279,19 +318,26 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _requests_fit_the_queue(self) -> Settings:
         """A request larger than the queue bound would be admitted only into an empty queue and
-        refused (429) at any other time, however often it retried. A per-request cap left at its
-        default follows a smaller queue bound; one set above it is refused at start-up."""
-        for request, queue in (("max_request_items", "max_queue_pairs"), ("max_request_tokens", "max_queue_tokens")):
-            request_value, queue_value = getattr(self, request), getattr(self, queue)
-            if request_value <= queue_value:
+        refused (429) at any other time, however often it retried; a request of more documents
+        than the item cap (each document is at least one item) would be refused only after some
+        of its work. A limit left at its default follows a smaller bound it must fit; one set
+        above it is refused at start-up."""
+        fits = (
+            ("max_request_items", "max_queue_pairs", "could never wait in the queue beside another one"),
+            ("max_request_tokens", "max_queue_tokens", "could never wait in the queue beside another one"),
+            ("max_documents", "max_request_items", "needs more model items than one request may have"),
+        )
+        for request, bound, why in fits:
+            request_value, bound_value = getattr(self, request), getattr(self, bound)
+            if request_value <= bound_value:
                 continue
             if request not in self.model_fields_set:
-                setattr(self, request, queue_value)
+                setattr(self, request, bound_value)
                 continue
-            request_name, queue_name = f"RERANK_{request.upper()}", f"RERANK_{queue.upper()}"
+            request_name, bound_name = f"RERANK_{request.upper()}", f"RERANK_{bound.upper()}"
             raise ValueError(
-                f"{request_name}={request_value} is larger than {queue_name}={queue_value}: a request that size "
-                f"could never wait in the queue beside another one; raise {queue_name} or lower {request_name}"
+                f"{request_name}={request_value} is larger than {bound_name}={bound_value}: a request that size "
+                f"{why}; raise {bound_name} or lower {request_name}"
             )
         return self
 

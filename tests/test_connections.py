@@ -5,6 +5,7 @@ and body deadlines, a connection cap, chunk-heavy requests charged for their chu
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -124,3 +125,40 @@ def test_a_request_cut_by_the_shutdown_grace_gets_a_json_503(minilm_cross_encode
     assert response.status_code == 503, output(proc)[-2000:]
     assert response.headers["content-type"] == "application/json"
     assert "shutting down" in response.json()["message"]
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped(tmp_path: Path) -> None:
+    """Three clients ask for ~8 MB answers and never read them, filling a cap of 3: their
+    connections are dropped once the unsent bytes stop shrinking, so others get in again."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "RERANK_MODEL_PATH")}
+    args = ["--max-connections", "3", "--send-timeout", "1", "--keep-alive-timeout", "1"]
+    body = json.dumps({"input": ["a"] * 1000, "encoding_format": "float"}).encode()
+    request = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    with serving(args, env=env) as url:
+        host, port = url.removeprefix("http://").split(":")
+        readers = []
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never drained
+            sock.connect((host, int(port)))
+            sock.sendall(request)
+            readers.append(sock)
+        deadline = time.monotonic() + 60
+        statuses = []
+        while time.monotonic() < deadline:
+            statuses.append(httpx.get(url + "/health", timeout=10).status_code)
+            if statuses[-1] == 200 and 429 in statuses:
+                break
+            time.sleep(0.5)
+        for sock in readers:
+            sock.close()
+        assert 429 in statuses, "the silent clients held every connection for a while"
+        assert statuses[-1] == 200, "and were dropped, so others got in again"
+
+
+def test_a_malformed_request_gets_a_json_400(tiny_reranker_dir: Path) -> None:
+    with serving(["--model-path", str(tiny_reranker_dir)]) as url, connect(url) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        status, body = read_response(sock, timeout=10)
+        assert status == 400 and body["type"] == "invalid_http" and "malformed HTTP request" in str(body["message"])

@@ -49,7 +49,11 @@ def test_fc3_resources_fit_function_compute_rules() -> None:
         ratio = props["memorySize"] / 1024 / props["cpu"]
         assert 1 <= ratio <= 4, f"{name}: cpu:memory must be between 1:1 and 1:4 GB"
         container = props["customContainerConfig"]
-        assert container["healthCheckConfig"]["httpGetUrl"] == "/health"
+        check = container["healthCheckConfig"]
+        assert check["httpGetUrl"] == "/health"
+        # FC's CustomHealthCheckConfig ranges (the fc3 schema leaves them open; the API refuses others)
+        assert 1 <= check["timeoutSeconds"] <= 3 and 0 <= check["initialDelaySeconds"] <= 120
+        assert all(1 <= check[k] <= 120 for k in ("periodSeconds", "failureThreshold", "successThreshold"))
         assert str(container["port"]) == props["environmentVariables"]["RERANK_PORT"]
         assert props["environmentVariables"]["MODEL_PATH"].startswith("/mnt/auto/")
         assert any(t["triggerType"] == "http" for t in props["triggers"])
@@ -99,3 +103,13 @@ def test_gpu_variant_runs_fp16_on_a_gpu() -> None:
     assert gpu["environmentVariables"]["RERANK_FP16"] == "true"
     cpu = fc3_resources()["rerank-cpu"]
     assert "gpuConfig" not in cpu and cpu["environmentVariables"]["RERANK_DEVICE"] == "cpu"
+
+
+def test_the_docker_build_context_is_only_what_the_image_copies() -> None:
+    """A local .venv (GBs) or bench/'s models must not travel to the docker daemon."""
+    root = Path(__file__).resolve().parent.parent
+    ignore = (root / ".dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "**", "everything is excluded first"
+    copied = {line.split()[1] for line in (root / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert {f"!{c.rstrip('/')}" for c in copied} <= {r.rstrip("/") for r in rules}, (copied, rules)

@@ -204,17 +204,19 @@ def image_environment() -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("endpoint_variable", ["HF_ENDPOINT", "RERANK_PROVISION_ENDPOINT"])
 def test_the_first_deploy_downloads_the_model_with_the_images_environment(
-    tiny_reranker_dir: Path, tmp_path: Path
+    tiny_reranker_dir: Path, tmp_path: Path, endpoint_variable: str
 ) -> None:
     """s.yaml's first start: an empty NAS path, RERANK_PROVISION_MODEL, the image's offline
-    environment; the model comes from the hub (here a local one behind HF_ENDPOINT) and serves."""
+    environment; the model comes from the hub (here a local one behind HF_ENDPOINT, or a mirror
+    named by the server's own setting) and serves."""
     image = image_environment()
     assert image["HF_HUB_OFFLINE"] == "1", "the image keeps the server itself offline"
     target = tmp_path / "nas" / "bge-reranker-v2-m3"
     target.mkdir(parents=True)
     with FakeHub(tiny_reranker_dir, "BAAI/bge-reranker-v2-m3") as hub:
-        env = {**image, "PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_ENDPOINT": hub.url,
+        env = {**image, "PATH": os.environ["PATH"], "HOME": str(tmp_path), endpoint_variable: hub.url,
                "MODEL_PATH": str(target), "RERANK_PROVISION_MODEL": "BAAI/bge-reranker-v2-m3"}  # fmt: skip
         with serving([], env=env) as url:
             response = httpx.post(url + "/rerank", json={"query": "q", "compare_to": ["a", "b"]}, timeout=30)

@@ -130,7 +130,10 @@ def test_sigterm_turns_health_503_at_once(tiny_reranker_dir: Path) -> None:
     app = server.config.app
     assert isinstance(app, FastAPI)
     with TestClient(app) as client:
-        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:  # the command line's server loads in the background
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
         server.handle_exit(signal.SIGTERM, None)
         response = client.get("/health")
         assert response.status_code == 503 and response.json()["status"] == "stopping"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from compat_api.settings import Settings
+from compat_api.settings import Settings, available_cores
 
 
 def test_defaults_serve_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +66,19 @@ def test_a_per_request_cap_above_the_queue_bound_is_refused_and_a_default_one_fo
         Settings(max_request_tokens=600_000)
 
 
+def test_a_document_limit_above_the_item_cap_is_refused_and_a_default_one_follows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each document is at least one model item: more documents than the cap could only be
+    refused, after some of their work (idle) or as 429 "retry" (busy)."""
+    monkeypatch.setenv("RERANK_MAX_QUEUE_PAIRS", "500")
+    settings = Settings()
+    assert (settings.max_request_items, settings.max_documents) == (500, 500)
+    monkeypatch.setenv("RERANK_MAX_DOCUMENTS", "600")
+    with pytest.raises(ValueError, match="RERANK_MAX_DOCUMENTS=600 is larger than RERANK_MAX_REQUEST_ITEMS=500"):
+        Settings()
+
+
 def test_bad_settings_stop_the_server_with_a_message_naming_each_one() -> None:
     env = {**os.environ, "RERANK_DEVICE": "tpu"}
     env.pop("MODEL_PATH", None)
@@ -90,3 +104,36 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"RERANK_{name.upper()}" in readme, name
+
+
+def test_on_off_settings_are_bare_flags_and_model_path_wins_over_its_prefixed_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on = Settings(_cli_parse_args=["--trust-remote-code", "--no-warmup"])
+    assert on.trust_remote_code is True and on.warmup is False
+    monkeypatch.setenv("MODEL_PATH", "/mnt/auto/a")
+    monkeypatch.setenv("RERANK_MODEL_PATH", "/mnt/auto/b")
+    assert Settings().model_path == "/mnt/auto/a", "the original deployment's variable, as the README says"
+    assert Settings(_cli_parse_args=["--model-path", "/c"]).model_path == "/c"
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, --cpus 1.5
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_default_threads_follow_a_containers_cpu_limit(
+    tmp_path: Path, files: dict[str, str], cores: int | None
+) -> None:
+    """`docker run --cpus` and Kubernetes limits leave every host core in the affinity mask: torch
+    would run more threads than the container may use."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == (affinity if cores is None else min(affinity, cores))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +20,13 @@ from compat_api.api.auth import ApiKeyMiddleware
 from compat_api.api.embed import cohere as cohere_embed
 from compat_api.api.embed import openai, sibling
 from compat_api.api.embed import shared as shared_embed
-from compat_api.api.errors import install_error_handlers
+from compat_api.api.errors import install_error_handlers, route_dialects
 from compat_api.api.middleware import BodyMiddleware, StartupErrorMiddleware
 from compat_api.api.observability import Metrics, ObservabilityMiddleware
 from compat_api.api.rerank import cohere, shared, tei
 from compat_api.core.errors import CoreError, ModelLoadError
-from compat_api.core.registry import ModelRegistry
+from compat_api.core.models.base import check_model_dir
+from compat_api.core.registry import ModelRegistry, model_specs
 from compat_api.provision import ProvisionError, provision
 from compat_api.settings import Settings
 
@@ -51,7 +53,8 @@ def provision_or_fail(settings: Settings) -> None:
     """Put the configured hub model on the model volume first, if it holds none yet."""
     assert settings.model_path and settings.provision_model
     try:
-        provision(Path(settings.model_path), model_id=settings.provision_model, source=settings.provision_source)
+        provision(Path(settings.model_path), model_id=settings.provision_model, source=settings.provision_source,
+                  endpoint=settings.provision_endpoint or None)  # fmt: skip
     except ProvisionError as exc:
         raise ModelLoadError(f"cannot provision {settings.provision_model} into {settings.model_path}: {exc}") from exc
 
@@ -114,8 +117,52 @@ def publish_security_only_when_required(app: FastAPI, settings: Settings) -> Non
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the lifespan loads and warms the model before traffic is served."""
+def preflight(settings: Settings) -> None:
+    """What can fail at once, before the server listens: every configured model directory exists
+    with a config.json (a directory the server downloads into on first start is checked after)."""
+    provisioned = settings.model_path if settings.provision_model else None
+    for spec in model_specs(settings):
+        if spec.path != provisioned:
+            check_model_dir(spec.path)
+
+
+async def load_models(app: FastAPI, settings: Settings) -> None:
+    """Provision, load and warm every model, then serve them (`app.state.registry`)."""
+    registry = ModelRegistry(settings)
+    if settings.provision_model and settings.model_path:
+        await asyncio.to_thread(provision_or_fail, settings)
+    await asyncio.to_thread(registry.load)
+    if settings.warmup:
+        await asyncio.to_thread(registry.warm_up)
+    registry.start()
+    app.state.metrics.watch(registry)
+    app.state.registry = registry
+    app.state.status = "ok"
+    log.info("ready: serving %s", ", ".join(m.info.name for m in registry.models))
+
+
+async def load_in_background(app: FastAPI, settings: Settings) -> None:
+    """`load_models` while the server already answers (503 until ready); a model that cannot load
+    logs one clear line and stops the server (`app.state.on_startup_failure`)."""
+    try:
+        await load_models(app, settings)
+        return
+    except CoreError as exc:
+        app.state.startup_error = f"cannot start: {exc.message}"
+        log.error("%s", app.state.startup_error)
+    except Exception:  # a bug while loading: the server must not linger half-started
+        app.state.startup_error = "cannot start: unexpected error while loading the models"
+        log.exception("%s", app.state.startup_error)
+    app.state.status = "failed"
+    stop = getattr(app.state, "on_startup_failure", None)
+    if stop is not None:
+        stop()
+
+
+def create_app(settings: Settings | None = None, *, background_load: bool = False) -> FastAPI:
+    """Build the app; the lifespan loads and warms the models before traffic is served, or, with
+    `background_load` (the command line), while the server already listens and answers 503, so
+    that a platform's health check sees a live server during a long first start (a download)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -123,29 +170,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.status = "loading"
         app.state.loop = asyncio.get_running_loop()
         app.state.draining = asyncio.Event()  # set when SIGTERM's grace is about to run out
-        registry = ModelRegistry(settings)
-        try:
-            if settings.provision_model and settings.model_path:
-                await asyncio.to_thread(provision_or_fail, settings)
-            await asyncio.to_thread(registry.load)
-            if settings.warmup:
-                await asyncio.to_thread(registry.warm_up)
-        except CoreError as exc:
-            # The server logs this one line (the lifespan middleware hands it over in place of
-            # the traceback), so it is not logged here too.
-            app.state.startup_error = f"cannot start: {exc.message}"
-            log.debug("start-up failure", exc_info=exc)
-            raise
-        registry.start()
-        app.state.metrics.watch(registry)
-        app.state.registry = registry
-        app.state.status = "ok"
-        log.info("ready: serving %s", ", ".join(m.info.name for m in registry.models))
+        loader: asyncio.Task[None] | None = None
+        if background_load:
+            loader = asyncio.create_task(load_in_background(app, settings), name="load-models")
+        else:
+            try:
+                await load_models(app, settings)
+            except CoreError as exc:
+                # The server logs this one line (the lifespan middleware hands it over in place of
+                # the traceback), so it is not logged here too.
+                app.state.startup_error = f"cannot start: {exc.message}"
+                log.debug("start-up failure", exc_info=exc)
+                raise
         try:
             yield
         finally:
             app.state.status = "stopping"
-            await registry.close()
+            if loader is not None and not loader.done():
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
+            registry: ModelRegistry | None = getattr(app.state, "registry", None)
+            if registry is not None:
+                await registry.close()
 
     # Swagger UI's assets come from the fastapi-offline package, not a CDN: FC regions and
     # private networks often cannot reach one.
@@ -176,17 +223,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.add_middleware(StartupErrorMiddleware, state=app.state)
     publish_security_only_when_required(app, settings)
-    app.include_router(health.router)
-    app.include_router(shared.router)
-    app.include_router(cohere.router)
-    app.include_router(tei.router)
-    app.include_router(openai.router)
-    app.include_router(sibling.router)
-    app.include_router(cohere_embed.router)
-    app.include_router(shared_embed.router)
-    app.include_router(shared_embed.per_model)
-    app.include_router(shared_embed.per_model_openai)
-    app.include_router(models.router)
-    app.include_router(models.public)
-    app.include_router(admin.router)
+    routers = (health.router, shared.router, cohere.router, tei.router, openai.router, sibling.router,
+               cohere_embed.router, shared_embed.router, shared_embed.per_model, shared_embed.per_model_openai,
+               models.router, models.public, admin.router)  # fmt: skip
+    for router in routers:
+        app.include_router(router)
+    app.state.dialect_routes = route_dialects(routers)
     return app

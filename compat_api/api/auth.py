@@ -12,14 +12,13 @@ time. The scheme is declared to OpenAPI, so Swagger UI's Authorize button sends 
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from compat_api.api.errors import ErrorBody
+from compat_api.api.errors import ErrorBody, refuse
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -81,13 +80,9 @@ class ApiKeyMiddleware:
         if token is not None and key_matches(token, self.keys):
             await self.app(scope, receive, send)
             return
-        message = MISSING if token is None else INVALID
-        body = json.dumps(ErrorBody(detail=message, message=message, type="unauthorized").model_dump()).encode()
-        # The body (if any) is left unread, so the connection cannot be reused: close it.
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer"), (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        # The body (if any) is left unread, so the connection cannot be reused: `refuse` closes it.
+        await refuse(scope, receive, send, 401, MISSING if token is None else INVALID, "unauthorized", None,
+                     {"www-authenticate": "Bearer"})  # fmt: skip
 
 
 async def require_api_key(
@@ -101,6 +96,11 @@ async def require_api_key(
 
 
 API_KEY = [Depends(require_api_key)]
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "API keys are configured and the request carries none of them"}
-}
+
+
+def unauthorized(body: Any = ErrorBody) -> dict[int | str, dict[str, Any]]:
+    """The 401 of a route's OpenAPI responses, in the error body of the route's dialect."""
+    return {401: {"model": body, "description": "API keys are configured and the request carries none of them"}}
+
+
+UNAUTHORIZED = unauthorized()

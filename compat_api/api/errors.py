@@ -15,11 +15,13 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
 
 from compat_api.api.wire import TOO_MANY
 from compat_api.core.errors import (
@@ -154,18 +156,47 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def _marker(route: Any) -> str:
+    """The dialect a route's `dialect(...)` dependency marks (the default where it has none)."""
+    for dependency in getattr(route, "dependencies", ()):
+        name = getattr(dependency.dependency, "dialect", None)
+        if name is not None:
+            return str(name)
+    return DEFAULT
+
+
 def _dialect(request: Request) -> str:
     """The request's dialect: as its route marked it, or (a body that could not be parsed stops
     before the route's dependencies run) as the matched route's marker says."""
     marked = getattr(request.state, "dialect", None)
     if marked is not None:
         return str(marked)
-    route = request.scope.get("route")
-    for dependency in getattr(route, "dependencies", ()):
-        name = getattr(dependency.dependency, "dialect", None)
-        if name is not None:
-            return str(name)
+    return _marker(request.scope.get("route"))
+
+
+def route_dialects(routers: Sequence[APIRouter]) -> list[tuple[BaseRoute, str]]:
+    """Each route of `routers` with the dialect it marks: the app keeps them as
+    `state.dialect_routes` for `scope_dialect`."""
+    return [(route, _marker(route)) for router in routers for route in router.routes]
+
+
+def scope_dialect(scope: Scope) -> str:
+    """The dialect of the route a request is headed for, for errors answered by middleware before
+    routing (body size and deadline, API key): a path shared by several dialects gets the default."""
+    state = getattr(scope.get("app"), "state", None)
+    for route, marked in getattr(state, "dialect_routes", ()):
+        if route.matches(scope)[0] is Match.FULL:
+            return str(marked)
     return DEFAULT
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str, kind: str,
+                 field: str | None = "body", headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    """An error answered by middleware in the error body of the dialect the request is headed for,
+    closing the connection (the body was not all read)."""
+    response = error_response(status, message, kind, field, {**(headers or {}), "connection": "close"},
+                              scope_dialect(scope))  # fmt: skip
+    await response(scope, receive, send)
 
 
 # The error type of a /rerank body that matches none of the accepted shapes.

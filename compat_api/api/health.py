@@ -28,7 +28,7 @@ PROBE_TIMEOUT_S = 10.0
 
 
 class EngineCounters(BaseModel):
-    """What the model's engine has done since start-up."""
+    """What the model's engines have done since start-up, over every version a hot swap served."""
 
     batches: int
     pairs: int
@@ -85,8 +85,9 @@ class HealthResponse(BaseModel):
 
 
 def counters(served: ServedModel) -> EngineCounters:
-    engine = served.engine
-    totals, cache = engine.totals, engine.cache
+    """The model's counters since start-up, over every version a hot swap served."""
+    now = served.counters()
+    totals = now.totals
     return EngineCounters(
         batches=totals.batches,
         pairs=totals.items,
@@ -94,10 +95,10 @@ def counters(served: ServedModel) -> EngineCounters:
         padded_tokens=totals.padded_tokens,
         padding_waste=round(totals.padding_waste, 4),
         model_seconds=round(totals.model_seconds, 3),
-        queued=engine.queued_items,
-        cache_entries=len(cache) if cache else 0,
-        cache_hits=cache.hits if cache else 0,
-        cache_misses=cache.misses if cache else 0,
+        queued=now.queued,
+        cache_entries=now.cache_entries,
+        cache_hits=now.cache_hits,
+        cache_misses=now.cache_misses,
     )
 
 

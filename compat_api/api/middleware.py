@@ -13,12 +13,12 @@ usual 400.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from compat_api.api.errors import refuse
 from compat_api.api.wire import DOCUMENT_LIMIT
 
 _JSON = b"application/json"
@@ -28,15 +28,6 @@ def is_json_type(content_type: bytes) -> bool:
     """`application/json` or `application/<anything>+json`, parameters ignored."""
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == _JSON or (media.startswith(b"application/") and media.endswith(b"+json"))
-
-
-async def refuse(send: Send, status: int, message: str, kind: str) -> None:
-    """A JSON error answered by middleware, closing the connection (the body was not all read)."""
-    body = json.dumps({"detail": message, "message": message, "type": kind, "field": "body"}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
 
 
 class BodyMiddleware:
@@ -63,7 +54,7 @@ class BodyMiddleware:
             scope = dict(scope, headers=[*headers, (b"content-type", _JSON)])
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send, declared.decode())
+            await self._too_large(scope, receive, send, declared.decode())
             return
         # Read the body here, counting, so that a chunked upload cannot outgrow the limit either.
         chunks: list[bytes] = []
@@ -73,8 +64,8 @@ class BodyMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                await refuse(send, 408, f"body: not received within {self.timeout:g}s (RERANK_BODY_TIMEOUT)",
-                             "timeout")  # fmt: skip
+                late = f"body: not received within {self.timeout:g}s (RERANK_BODY_TIMEOUT)"
+                await refuse(scope, receive, send, 408, late, "timeout")
                 return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([], message, receive), send)
@@ -82,16 +73,16 @@ class BodyMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send, f"more than {self.max_bytes}")
+                await self._too_large(scope, receive, send, f"more than {self.max_bytes}")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(chunks, None, receive), send)
 
-    async def _too_large(self, send: Send, size: str) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
         message = f"body: {size} bytes exceed the limit of {self.max_bytes} bytes (RERANK_MAX_BODY_BYTES)"
-        await refuse(send, 413, message, "too_large")
+        await refuse(scope, receive, send, 413, message, "too_large")
 
 
 def _replay(chunks: list[bytes], first: Message | None, receive: Receive) -> Receive:

@@ -136,15 +136,15 @@ class _EngineCollector(Collector):
         load = GaugeMetricFamily("compat_api_model_load_seconds", "Model load time", labels=["model"])
         info = GaugeMetricFamily("compat_api_model_info", "Served model", labels=["model", "kind", "device", "dtype"])
         for served in models.models:
-            name, engine = served.info.name, served.engine
-            totals = engine.totals
+            name, now = served.info.name, served.counters()  # every version's, so hot swaps never reset them
+            totals = now.totals
             pairs.add_metric([name], totals.items)
             tokens.add_metric([name], totals.real_tokens)
             padded.add_metric([name], totals.padded_tokens)
             batches.add_metric([name], totals.batches)
-            hits.add_metric([name], engine.cache.hits if engine.cache else 0)
-            misses.add_metric([name], engine.cache.misses if engine.cache else 0)
-            queue.add_metric([name], engine.queued_items)
+            hits.add_metric([name], now.cache_hits)
+            misses.add_metric([name], now.cache_misses)
+            queue.add_metric([name], now.queued)
             load.add_metric([name], served.info.load_seconds)
             info.add_metric([name, served.info.kind, served.info.device, served.info.dtype], 1)
         return [pairs, tokens, padded, batches, hits, misses, queue, load, info]

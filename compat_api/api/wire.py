@@ -12,10 +12,11 @@ puts in `DOCUMENT_LIMIT` for each request; the OpenAPI document states it as `ma
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 # The limit in force for the request being validated (set per request by the app's middleware).
@@ -43,6 +44,28 @@ def within_document_limit(value: Any) -> Any:
     return value
 
 
+def plain_json(value: Any) -> Any:
+    """A value that can be sent back as JSON: numbers finite (Python's parser also takes `NaN`,
+    `Infinity` and `1e400`, which no JSON encoder writes) and at most `JSON_DEPTH` levels deep."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > JSON_DEPTH:
+            raise PydanticCustomError("json_depth", "{path} is nested more than {limit} levels deep",
+                                      {"path": path.lstrip(".") or "value", "limit": JSON_DEPTH})  # fmt: skip
+        if isinstance(node, float) and not math.isfinite(node):
+            raise PydanticCustomError("json_number", "{path}: {number} is not a JSON number",
+                                      {"path": path.lstrip("."), "number": str(node)})  # fmt: skip
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}", depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+    return value
+
+
+JSON_DEPTH = 32
+# A JSON value a client sends to get it back (a rerank document): plain JSON only.
+PlainJson = AfterValidator(plain_json)
 # Constraints come before the validator, so that they reach the JSON schema as minimum/maximum.
 NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]

@@ -4,7 +4,8 @@ normalize, cut to the requested dimensions, count usage. One model version serve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from compat_api.core.engine import BatchEngine
 from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded
-from compat_api.core.models.base import Encoding
+from compat_api.core.models.base import Cost, Encoding, Step
 from compat_api.core.models.embedder import Embedder, Outputs, Truncate
 from compat_api.core.registry import ModelRegistry
 from compat_api.core.text import utf8_safe
@@ -32,12 +33,20 @@ class EmbedQuery:
     dimensions: int | None = None
     normalize: bool = True
     field: str = "input"
+    dimensions_field: str = "dimensions"  # the dialect's name for `dimensions`, used in error messages
     query: bool = False  # queries get the model's query instruction (RERANK_EMBEDDING_QUERY_INSTRUCTION), if any
     max_tokens: int | None = None  # each input truncated to this many tokens (within the window)
     uncounted: int = 0  # leading inputs the server adds (TEI similarity's source), not counted against the limit
     truncate: Truncate = "end"  # where a text longer than the window is cut ("none": refused, 413)
     # per input, its text's place taken by the model's own token ids (TEI), used as given; None: a text
     token_ids: Sequence[Sequence[int] | None] | None = None
+    names: Sequence[str] | None = None  # each input's name in error messages (default: field[i])
+
+    def where(self, i: int) -> str:
+        """How error messages name input `i`."""
+        if self.names is not None:
+            return self.names[i]
+        return f"{self.field}[{i}]" if len(self.inputs) > 1 or self.field != "input" else self.field
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ def check_inputs(request: EmbedQuery, max_inputs: int, max_chars: int) -> None:
             field=field,
         )
     for i, text in enumerate(request.inputs):
-        where = f"{field}[{i}]" if len(request.inputs) > 1 or field != "input" else field
+        where = request.where(i)
         if not text:
             raise EmptyInput(f"{where} is an empty string; every input needs at least one character", field=where)
         if len(text) > max_chars:
@@ -87,14 +96,14 @@ def check_ids(arrays: Sequence[Sequence[int] | None], size: int, field: str) -> 
             check_vocabulary(ids, size, f"{field}[{i}]")
 
 
-def check_dimensions(dimensions: int | None, size: int) -> None:
-    """`dimensions` must be 0 (or None: all) up to the model's size."""
+def check_dimensions(dimensions: int | None, size: int, field: str = "dimensions") -> None:
+    """`dimensions` must be 0 (or None: all) up to the model's size; errors name `field`."""
     if dimensions is not None and dimensions < 0:
-        raise InvalidInput(f"dimensions must be 0 or more, not {dimensions}", field="dimensions")
+        raise InvalidInput(f"{field} must be 0 or more, not {dimensions}", field=field)
     if dimensions and dimensions > size:
         raise InvalidInput(
-            f"dimensions should be smaller than or equal to the model's size {size}, not {dimensions}",
-            field="dimensions",
+            f"{field} should be smaller than or equal to the model's size {size}, not {dimensions}",
+            field=field,
         )
 
 
@@ -121,7 +130,7 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     settings = registry.settings
     check_inputs(request, settings.max_documents, settings.max_document_chars)
     engine, model = _embedder(registry, request.model)
-    check_dimensions(request.dimensions, model.dimensions)
+    check_dimensions(request.dimensions, model.dimensions, request.dimensions_field)
     instruction = settings.embedding_query_instruction if request.query else ""
     texts = [instruction + utf8_safe(text) for text in request.inputs]
     outputs, tokens = await _run(engine, model, request, texts)
@@ -129,27 +138,50 @@ async def embed(registry: ModelRegistry, request: EmbedQuery) -> EmbedOutcome:
     return EmbedOutcome(model=model.info.name, vectors=vectors, tokens=tokens)
 
 
+# Most floats one answer of per-token vectors may hold: one 8,192-token input of a 1,024-wide model
+# (bge-m3 at its whole window); about 160 MB of JSON.
+MAX_TOKEN_VECTOR_FLOATS = 8 * 2**20
+
+
+def capped(steps: Iterator[Step], limit: int, field: str, dimensions: int) -> Iterator[Step]:
+    """The steps, refused (413) as soon as their tokens pass `limit`: before the model runs."""
+    tokens = 0
+    for step in steps:
+        if isinstance(step, Cost):
+            tokens += step.tokens
+            if tokens > limit:
+                raise LimitExceeded(
+                    f"{field}: {tokens}+ tokens would answer more than {limit} vectors of {dimensions} values "
+                    f"(an answer of per-token vectors holds at most {MAX_TOKEN_VECTOR_FLOATS} values); "
+                    "send fewer or shorter inputs",
+                    field=field,
+                )
+        yield step
+
+
 async def _run(engine: BatchEngine, model: Embedder, request: EmbedQuery, texts: list[str],
-               outputs: Outputs | None = None) -> tuple[list[Any], int]:  # fmt: skip
+               outputs: Outputs | None = None, token_limit: int | None = None) -> tuple[list[Any], int]:  # fmt: skip
     """Each input's model output, in input order, and the tokens read. Texts and id arrays (TEI
-    may mix them in one request) go to the engine side by side and are batched alike."""
+    may mix them in one request) go to the engine as one request, texts first, batched alike:
+    one admission, one set of per-request caps, and one failure or cancellation for all."""
     ids = request.token_ids if request.token_ids is not None else [None] * len(texts)
     check_ids(ids, model.vocabulary_size, request.field)
     by_text = [i for i, given in enumerate(ids) if given is None]
     by_ids = [i for i, given in enumerate(ids) if given is not None]
     read, given = Encoding(len(by_text)), Encoding(len(by_ids))
-    runs = []
+    steps: list[Iterator[Step]] = []
     if by_text:
-        steps = model.embed_steps([texts[i] for i in by_text], read, max_tokens=request.max_tokens,
-                                  truncate=request.truncate, outputs=outputs)  # fmt: skip
-        runs.append(engine.run(steps, estimate=len(by_text), field=request.field))
+        steps.append(model.embed_steps([texts[i] for i in by_text], read, max_tokens=request.max_tokens,
+                                       truncate=request.truncate, outputs=outputs, field=request.field))  # fmt: skip
     if by_ids:
-        steps = model.id_steps([ids[i] or [] for i in by_ids], given, outputs=outputs)
-        runs.append(engine.run(steps, estimate=len(by_ids), field=request.field))
+        steps.append(model.id_steps([ids[i] or [] for i in by_ids], given, outputs=outputs))
+    chained: Iterator[Step] = itertools.chain(*steps)
+    if token_limit is not None:
+        chained = capped(chained, token_limit, request.field, model.dimensions)
+    done = await engine.run(chained, estimate=len(texts), field=request.field)
     results: list[Any] = [None] * len(texts)
-    for places, done in zip([p for p in (by_text, by_ids) if p], await asyncio.gather(*runs), strict=True):
-        for place, output in zip(places, done, strict=True):
-            results[place] = output
+    for place, output in zip(by_text + by_ids, done, strict=True):
+        results[place] = output
     return results, read.tokens + given.tokens
 
 
@@ -164,14 +196,17 @@ class TokenOutcome:
     tokens: int
 
 
-async def embed_tokens(registry: ModelRegistry, request: EmbedQuery, outputs: Outputs) -> TokenOutcome:
+async def embed_tokens(registry: ModelRegistry, request: EmbedQuery, outputs: Outputs,
+                       per_token: bool = False) -> TokenOutcome:  # fmt: skip
     """bge-m3's sparse and multi-vector outputs ("m3"; a model without those heads is a model
-    error), or each token's vector ("tokens"), batched in the engine like any embedding."""
+    error), or each token's vector ("tokens"), batched in the engine like any embedding. An
+    answer of a vector per token (`per_token`) holds at most MAX_TOKEN_VECTOR_FLOATS values."""
     settings = registry.settings
     check_inputs(request, settings.max_documents, settings.max_document_chars)
     engine, model = _embedder(registry, request.model)
     texts = [utf8_safe(text) for text in request.inputs]
-    results, tokens = await _run(engine, model, request, texts, outputs)
+    limit = MAX_TOKEN_VECTOR_FLOATS // max(1, model.dimensions) if per_token else None
+    results, tokens = await _run(engine, model, request, texts, outputs, limit)
     return TokenOutcome(model=model.info.name, outputs=results, tokens=tokens)
 
 
@@ -206,11 +241,13 @@ def quantize(vectors: np.ndarray, kind: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Tokens:
-    """A text's tokens: ids of the model's tokenizer and the slices of the text they cover,
-    which concatenate back to exactly the text; and the special tokens the model frames it with."""
+    """A text's tokens: ids of the model's tokenizer, the slices of the text from each token's start
+    to the next one's (they concatenate back to exactly the text), each token's own span (start,
+    stop; without the spaces between tokens); and the special tokens the model frames it with."""
 
     ids: list[int]
     strings: list[str]
+    spans: list[tuple[int, int]]
     before: list[tuple[int, str]]
     after: list[tuple[int, str]]
 
@@ -225,11 +262,12 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
             f"{field}: {len(text)} characters exceed the limit of {limit} (RERANK_MAX_DOCUMENT_CHARS)", field=field
         )
     _, embedder = _embedder(registry, model)
-    ids, starts = await asyncio.to_thread(embedder.token_offsets, utf8_safe(text))
-    bounds = [0, *starts[1:], len(text)] if starts else [0, len(text)]
-    strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))] if ids else []
+    text = utf8_safe(text)
+    ids, spans = await asyncio.to_thread(embedder.token_offsets, text)
+    bounds = [0, *(start for start, _ in spans[1:]), len(text)]
+    strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))]
     before, after = embedder.frame()
-    return Tokens(ids=ids, strings=strings, before=before, after=after)
+    return Tokens(ids=ids, strings=strings, spans=spans, before=before, after=after)
 
 
 async def detokenize(registry: ModelRegistry, ids: Sequence[int], model: str | None = None) -> str:

@@ -61,6 +61,11 @@ class EngineTotals:
         """Share of the model's token slots that were padding."""
         return 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
 
+    def __add__(self, other: EngineTotals) -> EngineTotals:
+        return EngineTotals(self.batches + other.batches, self.items + other.items,
+                            self.real_tokens + other.real_tokens, self.padded_tokens + other.padded_tokens,
+                            self.model_seconds + other.model_seconds)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class BatchStats:
@@ -189,10 +194,16 @@ class BatchEngine:
         self._closed = False
         self._started = False
         self.last_success: float = 0.0
-        self.busy_since: float | None = None  # when the oldest running model call started
-        self._running = 0
+        self._calls: dict[int, float] = {}  # running model calls (any lane): when each started
+        self._call_ids = itertools.count()
         self.totals = EngineTotals()
         self.observers: list[Any] = []
+
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest model call still running started (None: none runs); with several lanes,
+        a call that finishes never hides an older one still running."""
+        return min(self._calls.values(), default=None)
 
     @property
     def batches_run(self) -> int:
@@ -245,11 +256,13 @@ class BatchEngine:
         options: EncodeOptions = DEFAULT_OPTIONS,
         *,
         priority: bool = False,
+        field: str = "documents",
     ) -> tuple[list[float], Encoding]:
-        """Raw scores of `documents` against `query` (input order) and the request's billing."""
+        """Raw scores of `documents` against `query` (input order) and the request's billing;
+        `field` names the document list in the errors of the per-request caps."""
         encoding = Encoding(len(documents))
         steps = self.scorer.steps(query, documents, options, encoding)
-        outputs = await self.run(steps, estimate=len(documents) + 1, priority=priority)
+        outputs = await self.run(steps, estimate=len(documents) + 1, priority=priority, field=field)
         return self.scorer.finish(encoding, outputs), encoding
 
     async def run(
@@ -387,9 +400,8 @@ class BatchEngine:
         items = [job.items[index] for job, index in slots]
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self._running += 1
-        if self.busy_since is None:
-            self.busy_since = time.monotonic()
+        call = next(self._call_ids)
+        self._calls[call] = time.monotonic()
         try:
             outputs = await loop.run_in_executor(lane, self.scorer.forward, items)
             if not isinstance(outputs, list) or len(outputs) != len(items):
@@ -406,8 +418,7 @@ class BatchEngine:
                 job.fail(failure)
             return
         finally:
-            self._running -= 1
-            self.busy_since = time.monotonic() if self._running else None
+            del self._calls[call]
         elapsed = time.perf_counter() - started
         if all(_finite(output) for output in outputs):  # a call that scored NaN is no sign of health
             self.last_success = time.monotonic()

@@ -19,12 +19,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from compat_api.core.cache import ScoreCache
-from compat_api.core.engine import BatchEngine, BatchStats, Limits
+from compat_api.core.engine import BatchEngine, BatchStats, EngineTotals, Limits
 from compat_api.core.errors import CoreError, ModelLoadError, ModelNotFound, ModelNotReady, WrongFamily
 from compat_api.core.fingerprint import code_fingerprint, fingerprint
 from compat_api.core.kinds import Kind, detect_kind
@@ -68,6 +68,30 @@ class ReloadResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ModelCounters:
+    """What a model's engines did: their totals, the items they hold now, the score cache's use."""
+
+    totals: EngineTotals = field(default_factory=EngineTotals)
+    queued: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_entries: int = 0
+
+    @classmethod
+    def of(cls, engine: BatchEngine) -> ModelCounters:
+        """One engine's counters (a copy of its running totals); the cache's size is left out:
+        only the current version's counts (`ServedModel.counters`)."""
+        cache = engine.cache
+        return cls(replace(engine.totals), engine.queued_items, cache.hits if cache else 0,
+                   cache.misses if cache else 0)  # fmt: skip
+
+    def __add__(self, other: ModelCounters) -> ModelCounters:
+        return ModelCounters(self.totals + other.totals, self.queued + other.queued,
+                             self.cache_hits + other.cache_hits, self.cache_misses + other.cache_misses,
+                             self.cache_entries + other.cache_entries)  # fmt: skip
+
+
 @dataclass
 class ServedModel:
     """A model being served: its current engine, the names it answers to, its version."""
@@ -81,6 +105,18 @@ class ServedModel:
     last_reload: ReloadResult | None = None
     failed_fingerprint: str | None = None
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    draining: list[BatchEngine] = field(default_factory=list)  # swapped-out versions finishing their requests
+    retired: ModelCounters = field(default_factory=ModelCounters)  # versions swapped out and freed
+
+    def counters(self) -> ModelCounters:
+        """The model's counters since start-up, over every version it served (monotonic across
+        hot swaps); `queued` includes what swapped-out versions still hold, the cache's size is
+        the current version's."""
+        total = self.retired
+        for engine in (*self.draining, self.engine):
+            total = total + ModelCounters.of(engine)
+        cache = self.engine.cache
+        return replace(total, cache_entries=len(cache) if cache else 0)
 
     def answers_to(self, name: str) -> bool:
         return name == self.spec.name or name in self.aliases
@@ -285,7 +321,9 @@ class ModelRegistry:
         for task in list(self._background):
             task.cancel()
         for served in self._models.values():
-            await served.engine.close()
+            for engine in (*served.draining, served.engine):  # swapped-out versions still draining too
+                await engine.close()
+            served.draining.clear()
 
     @property
     def models(self) -> list[ServedModel]:
@@ -428,7 +466,8 @@ class ModelRegistry:
             served.failed_fingerprint = None
             served.last_reload = ReloadResult(True, time.time(), version, None, time.monotonic() - started)
             log.info("model %r now serves version %s; draining the previous one", name, version)
-            task = asyncio.get_running_loop().create_task(self._retire(old), name=f"retire-{name}")
+            served.draining.append(old)
+            task = asyncio.get_running_loop().create_task(self._retire(served, old), name=f"retire-{name}")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return served.last_reload
@@ -442,10 +481,12 @@ class ModelRegistry:
                 "without a restart (restart the server to trust it)"
             )
 
-    async def _retire(self, engine: BatchEngine) -> None:
-        """Let the old version finish what it admitted, then free it."""
+    async def _retire(self, served: ServedModel, engine: BatchEngine) -> None:
+        """Let the old version finish what it admitted, then free it (its counters stay the model's)."""
         deadline = time.monotonic() + self.settings.request_timeout
         while engine.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await engine.close()
+        served.retired = served.retired + replace(ModelCounters.of(engine), queued=0)
+        served.draining.remove(engine)
         log.info("freed the previous version of %r", engine.scorer.info.name)

@@ -16,9 +16,6 @@ from compat_api.core.registry import ModelRegistry
 from compat_api.core.text import utf8_safe
 from compat_api.settings import Settings
 
-# The cache key under which a request's own tokens (an embedding model's query) are kept.
-_QUERY_TOKENS = "\x00query-tokens"
-
 
 @dataclass(frozen=True)
 class RerankQuery:
@@ -87,22 +84,24 @@ def encode_options(request: RerankQuery, settings: Settings) -> EncodeOptions:
 
 
 async def score_cached(
-    engine: BatchEngine, query: str, documents: Sequence[str], options: EncodeOptions
+    engine: BatchEngine, query: str, documents: Sequence[str], options: EncodeOptions, field: str = "documents"
 ) -> ScoreResult:
     """Raw scores in input order: cached documents skip tokenization and the model. Usage is
-    the same whether a document came from the cache or not."""
+    the same whether a document came from the cache or not. `field` names the document list in
+    errors."""
     cache = engine.cache
     if cache is None:
-        raw, encoding = await engine.score(query, documents, options)
+        raw, encoding = await engine.score(query, documents, options, field=field)
         return ScoreResult(raw=raw, tokens=encoding.tokens)
     namespace = f"{engine.scorer.info.name}|{engine.scorer.info.path}|{options!r}"
     keys = [cache.key(namespace, query, doc) for doc in documents]
     hits = [cache.get(key) for key in keys]
     missing = [i for i, hit in enumerate(hits) if hit is None]
-    query_key = cache.key(namespace, query, _QUERY_TOKENS)
+    # The query's own tokens live in a namespace of their own: no document can share their key.
+    query_key = cache.key(f"{namespace}|query-tokens", query, "")
     own = cache.get(query_key) if not missing else None
     if missing or own is None:
-        scored, encoding = await engine.score(query, [documents[i] for i in missing], options)
+        scored, encoding = await engine.score(query, [documents[i] for i in missing], options, field=field)
         for j, i in enumerate(missing):
             hits[i] = CachedScore(scored[j], encoding.doc_tokens[j])
             cache.put(keys[i], hits[i])
@@ -131,11 +130,13 @@ async def rerank(registry: ModelRegistry, request: RerankQuery) -> RerankOutcome
     engine = registry.reranker(request.model).engine  # this version serves the whole request
     info = engine.scorer.info
     query, documents = utf8_safe(request.query), [utf8_safe(d) for d in request.documents]
+    if info.kind == "embedding":  # reranking by cosine: the query is a query (FlagModel.encode_queries)
+        query = registry.settings.embedding_query_instruction + query
     # A document sent twice is scored once, so duplicates always get identical scores (a batch's
     # rows may otherwise differ in the last bits) and the model does not repeat work.
     distinct = {doc: i for i, doc in reversed(list(enumerate(documents)))}
     unique = sorted(distinct, key=distinct.__getitem__)
-    result = await score_cached(engine, query, unique, encode_options(request, registry.settings))
+    result = await score_cached(engine, query, unique, encode_options(request, registry.settings), field)
     position = {doc: i for i, doc in enumerate(unique)}
     raw = [result.raw[position[doc]] for doc in documents]
     scores = normalize(raw, info.normalization)

@@ -33,13 +33,14 @@ def _encoding() -> tuple[Any, frozenset[int]]:
     return encoding, frozenset(holes)
 
 
-def decode_token_arrays(arrays: Sequence[Sequence[int]], field: str = "input") -> list[str]:
-    """The text of each cl100k_base token array; an empty array or an unknown id is a 4xx naming it."""
+def decode_token_arrays(arrays: Sequence[Sequence[int]], field: str = "input", *, nested: bool = True) -> list[str]:
+    """The text of each cl100k_base token array; an empty array or an unknown id is a 4xx naming it
+    (`field[i][j]`; `field[j]` where the one array was sent bare, `nested` false)."""
     encoding, holes = _encoding()
     size = encoding.n_vocab
     texts: list[str] = []
     for i, ids in enumerate(arrays):
-        where = f"{field}[{i}]" if len(arrays) > 1 else field
+        where = f"{field}[{i}]" if nested else field
         if not ids:
             raise InvalidInput(f"{where} is an empty token array", field=where)
         for j, token in enumerate(ids):

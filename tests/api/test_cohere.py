@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from compat_api.api.errors import ErrorBody
 from compat_api.api.rerank.cohere import CohereRerankResponse
 
 QUERY = "what is the capital of france"
@@ -144,3 +145,16 @@ def test_rank_fields_skip_fields_a_document_lacks(tiny_client: TestClient) -> No
     )
     assert response.status_code == 200
     assert len(response.json()["results"]) == 2
+
+
+def test_a_document_with_none_of_the_rank_fields_is_ranked_on_its_text_or_refused(tiny_client: TestClient) -> None:
+    docs = [{"title": "paris"}, {"x": "hello"}]
+    response = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": ["title", "a"]})
+    assert response.status_code == 422
+    parsed = ErrorBody.model_validate(response.json())
+    assert parsed.field == "documents[1]" and "none of the rank_fields ('title', 'a') and no text" in parsed.message
+    with_text = [{"title": "cats"}, {"text": "paris is the capital of france"}]
+    ranked = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": with_text, "rank_fields": ["title"]})
+    plain = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": ["paris is the capital of france"]})
+    score = next(r["relevance_score"] for r in ranked.json()["results"] if r["index"] == 1)
+    assert score == pytest.approx(plain.json()["results"][0]["relevance_score"], abs=1e-6)

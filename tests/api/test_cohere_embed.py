@@ -98,7 +98,7 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("/v1/embed", {"texts": "a"}, 422, "texts"),
     ("/v1/embed", {"texts": ["a"], "embedding_types": ["int4"]}, 422, "embedding_types"),
     ("/v2/embed", {"input_type": "search_query"}, 400, "inputs"),
-    ("/v2/embed", {"texts": ["a"], "output_dimension": 999}, 422, "dimensions"),
+    ("/v2/embed", {"texts": ["a"], "output_dimension": 999}, 422, "output_dimension"),
     ("/v1/tokenize", {"text": ""}, 400, "text"),
     ("/v1/detokenize", {"tokens": [10**9]}, 422, "tokens"),
     ("/v1/detokenize", {"tokens": []}, 422, "tokens"),
@@ -161,3 +161,37 @@ def test_truncate_end_start_and_none(stack_client: TestClient) -> None:
     refused = stack_client.post("/v1/embed", json={"texts": ["short", long], "truncate": "NONE"})
     assert refused.status_code == 413 and "texts[1]" in ErrorBody.model_validate(refused.json()).message
     assert stack_client.post("/v1/embed", json={"texts": ["short"], "truncate": "NONE"}).status_code == 200
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3])
+def test_v2_max_tokens_below_the_special_tokens_keeps_one_token_of_text(
+    stack_client: TestClient, max_tokens: int
+) -> None:
+    """A window of 1 or 2 tokens cannot hold <s>, a token and </s>: every such request reads
+    those three (the tokenizer would otherwise refuse to cut and hand back the whole text)."""
+    long = "hello world " * 400
+    body: dict[str, Any] = {"texts": [long], "input_type": "search_document", "embedding_types": ["float"]}
+    ends = []
+    for truncate in ("END", "START", "NONE"):
+        response = stack_client.post("/v2/embed", json={**body, "max_tokens": max_tokens, "truncate": truncate})
+        if truncate == "NONE":
+            assert response.status_code == 413 and "texts[0] has" in ErrorBody.model_validate(response.json()).message
+            continue
+        assert response.status_code == 200, response.text
+        parsed = CohereEmbedResponse.model_validate(response.json())
+        assert parsed.meta.billed_units.input_tokens == 3
+        assert isinstance(parsed.embeddings, dict)
+        ends.append(np.asarray(parsed.embeddings["float"]))
+    one = stack_client.post("/v2/embed", json={**body, "texts": ["hello"]}).json()["embeddings"]["float"]
+    assert np.allclose(ends[0], one, atol=1e-5), "END keeps the first token: the embedding of 'hello'"
+
+
+def test_v2_errors_name_v2s_own_fields(stack_client: TestClient) -> None:
+    too_wide = stack_client.post("/v2/embed", json={"texts": ["a"], "input_type": "search_document",
+                                                    "output_dimension": 100_000})  # fmt: skip
+    parsed = ErrorBody.model_validate(too_wide.json())
+    assert too_wide.status_code == 422 and parsed.field == "output_dimension" and "output_dimension" in parsed.message
+    item = {"content": [{"type": "text", "text": "hello world " * 400}]}
+    refused = stack_client.post("/v2/embed", json={"inputs": [{"content": [{"type": "text", "text": "a"}]}, item],
+                                                   "input_type": "search_document", "truncate": "NONE"})  # fmt: skip
+    assert refused.status_code == 413 and ErrorBody.model_validate(refused.json()).field == "inputs[1]"

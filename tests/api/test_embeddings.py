@@ -150,7 +150,7 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("empty list", {"input": []}, 400, "input"),
     ("empty string", {"input": ""}, 400, "input"),
     ("an empty string in a list", {"input": ["a", ""]}, 400, "input[1]"),
-    ("empty token array", {"input": [[]]}, 422, "input"),
+    ("empty token array", {"input": [[]]}, 422, "input[0]"),
     ("negative id", {"input": [-1]}, 422, "input"),
     ("unassigned id", {"input": [100256]}, 422, "input"),
     ("id beyond cl100k_base", {"input": [[1, 2], [10**9]]}, 422, "input[1]"),
@@ -219,3 +219,21 @@ def test_the_embedding_model_hot_swaps_and_reports_its_health(
         after = vectors(post(client, {"input": TEXTS}))
         assert after.shape == before.shape and not np.allclose(after, before, atol=1e-3)
         assert len(vectors(post(client, {"input": TEXTS}, "/embeddings"))) == 3
+
+
+def test_one_long_token_array_is_one_input(stack_client: TestClient) -> None:
+    """OpenAI's cookbook sends a long text as one array of up to 8,191 ids: one input, not 1,500."""
+    ids = cl100k("hello world " * 750)
+    assert len(ids) > 1000
+    response = post(stack_client, {"input": ids})
+    assert response.status_code == 200, response.text
+    assert len(vectors(response)) == 1
+
+
+def test_a_bad_id_in_a_nested_token_array_is_named_by_both_indices(stack_client: TestClient) -> None:
+    response = post(stack_client, {"input": [[5, -1]]})
+    assert response.status_code == 422
+    error = OpenAIErrorBody.model_validate(response.json()).error
+    assert error.message.startswith("input[0][1]: -1 is not a cl100k_base token id") and error.param == "input[0]"
+    flat = OpenAIErrorBody.model_validate(post(stack_client, {"input": [5, -1]}).json()).error
+    assert flat.message.startswith("input[1]: -1 is not") and flat.param == "input"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
+from compat_api.api.app import create_app
 from compat_api.api.errors import ErrorBody
+from tests.conftest import make_settings
 
 CASES = [
     # (path, raw body, content type, status, field, words in the message)
@@ -182,3 +187,60 @@ def test_lone_surrogates_in_json_are_answered(tiny_client: TestClient) -> None:
     response = tiny_client.post("/v1/rerank", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
     assert len(response.json()["results"]) == 2
+
+
+OBJECT_WITH_SURROGATES = (
+    b'{"query": "q", "documents": [{"text": "\\ud800", "k\\udc00": ["\\udfff"]}, "b"], "return_documents": true}'
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "echoed"),
+    [
+        ("/v1/rerank", b'{"query": "q", "documents": ["\\udfff x", "fine"], "return_documents": true}', "document"),
+        ("/v2/rerank", OBJECT_WITH_SURROGATES, "document"),
+        ("/rerank", b'{"query": "q", "documents": ["\\udfff x", "fine"], "return_documents": true}', "document"),
+        ("/rerank", b'{"query": "q", "texts": ["\\udfff x", "fine"], "return_text": true}', "text"),
+    ],
+)
+def test_documents_sent_back_have_their_lone_surrogates_repaired(
+    tiny_client: TestClient, path: str, raw: bytes, echoed: str
+) -> None:
+    response = tiny_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    results = response.json() if echoed == "text" else response.json()["results"]
+    sent_back = json.dumps([r[echoed] for r in results], ensure_ascii=False)
+    assert "\ufffd" in sent_back and "\\ud" not in sent_back
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "words"),
+    [
+        (b'{"text": "a", "score": NaN}', "documents[0]", "score: nan is not a JSON number"),
+        (b'{"text": "a", "meta": {"x": [1, -Infinity]}}', "documents[0]", "meta.x[1]: -inf is not a JSON number"),
+        (b'{"text": "a", "big": 1e400}', "documents[0]", "big: inf is not a JSON number"),
+        (b'{"text": "a", "x": ' + b"[" * 40 + b"]" * 40 + b"}", "documents[0]", "nested more than 32 levels deep"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_an_object_document_that_cannot_be_sent_back_is_a_422_naming_it(
+    tiny_client: TestClient, path: str, document: bytes, field: str, words: str
+) -> None:
+    raw = b'{"query": "q", "documents": [' + document + b', "b"], "return_documents": true}'
+    response = tiny_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    parsed = ErrorBody.model_validate(response.json())
+    assert parsed.field == field and words in parsed.message
+
+
+def test_no_document_can_pose_as_the_querys_cached_token_count(tiny_reranker_dir: Path) -> None:
+    impostor = "\x00query-tokens"  # once the key of the query's own token count in the score cache
+    body = {"query": "cache probe", "documents": [impostor, "paris"]}
+    scores = []
+    for cache_mb in (64, 0):
+        with TestClient(create_app(make_settings(model_path=str(tiny_reranker_dir), cache_mb=cache_mb))) as client:
+            assert client.post("/v1/rerank", json={"query": "cache probe", "documents": ["x"]}).status_code == 200
+            answer = client.post("/v1/rerank", json=body).json()
+            assert answer["meta"]["tokens"]["input_tokens"] > 0
+            scores.append(next(r["relevance_score"] for r in answer["results"] if r["index"] == 0))
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5), "the cached server scores the document like any other"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from compat_api.api.app import create_app
+from compat_api.api.errors import ErrorBody
 from compat_api.api.health import HealthResponse
+from compat_api.core.registry import ModelRegistry
 from tests.conftest import make_settings
 
 
@@ -74,3 +79,41 @@ def test_health_reports_engine_counters(tiny_client: TestClient) -> None:
     assert engine.padded_tokens >= engine.real_tokens > 0
     assert 0.0 <= engine.padding_waste < 1.0
     assert engine.cache_misses >= 2 and engine.queued == 0
+
+
+def test_the_command_lines_server_answers_503_while_its_models_load(
+    tiny_reranker_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform's health check (FC, Kubernetes) must find a live server during a long first
+    start: it answers 503 `loading` (and the routes a JSON 503) until the models are ready."""
+    release = threading.Event()
+    real_load = ModelRegistry.load
+
+    def slow_load(self: ModelRegistry) -> None:
+        assert release.wait(timeout=60)
+        real_load(self)
+
+    monkeypatch.setattr(ModelRegistry, "load", slow_load)
+    app = create_app(make_settings(model_path=str(tiny_reranker_dir)), background_load=True)
+    with TestClient(app) as client:
+        loading = client.get("/health")
+        assert loading.status_code == 503 and HealthResponse.model_validate(loading.json()).status == "loading"
+        early = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert early.status_code == 503 and "still loading" in ErrorBody.model_validate(early.json()).message
+        release.set()
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        assert client.post("/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_in_the_background_stops_the_server(tmp_path: Path) -> None:
+    stopped = threading.Event()
+    app = create_app(make_settings(model_path=str(tmp_path / "missing")), background_load=True)
+    app.state.on_startup_failure = stopped.set
+    with TestClient(app) as client:
+        assert stopped.wait(timeout=30), "the server is told to stop"
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert "is not a directory" in app.state.startup_error

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from compat_api.api.app import create_app
-from compat_api.api.errors import ErrorBody
+from compat_api.api.errors import ErrorBody, OpenAIErrorBody, TeiErrorBody
 from tests.conftest import make_settings
 
 MARK = "ECHO-CANARY-"
@@ -82,3 +82,55 @@ def test_validation_errors_never_echo_the_input(limited: TestClient) -> None:
         response = limited.post("/rerank" if "texts" in body else "/v1/rerank", json=body)
         assert 400 <= response.status_code < 500
         assert MARK not in response.text, response.text
+
+
+def test_the_per_request_item_cap_names_each_dialects_document_list(tiny_reranker_dir: Path) -> None:
+    settings = make_settings(model_path=str(tiny_reranker_dir), max_request_items=4, max_length=32, cache_mb=0)
+    long = [f"{word} " + "paris " * 60 for word in "abc"]  # 3 documents of several chunks: over 4 items
+    with TestClient(create_app(settings)) as client:
+        legacy = client.post("/rerank", json={"query": "q", "compare_to": long})
+        assert legacy.status_code == 413
+        parsed = ErrorBody.model_validate(legacy.json())
+        assert parsed.field == "compare_to" and "send fewer compare_to" in parsed.message
+        tei = client.post("/rerank", json={"query": "q", "texts": long})
+        assert tei.status_code == 413
+        assert "send fewer texts" in TeiErrorBody.model_validate(tei.json()).error
+
+
+@pytest.fixture(scope="module")
+def small_bodies(tiny_reranker_dir: Path, tiny_embedder_dir: Path) -> Iterator[TestClient]:
+    settings = make_settings(model_path=str(tiny_reranker_dir), embedding_model_path=str(tiny_embedder_dir),
+                             max_body_bytes=4096, api_keys="sk-right", reload_interval=0)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+BIG = json.dumps({"inputs": ["a " * 3000]}).encode()
+KEY = {"authorization": "Bearer sk-right", "content-type": "application/json"}
+
+
+@pytest.mark.parametrize("path", ["/embed_sparse", "/decode", "/tei/any-model/embed", "/tei/any-model/rerank"])
+def test_a_tei_route_refused_before_routing_gets_teis_error_body(small_bodies: TestClient, path: str) -> None:
+    too_large = small_bodies.post(path, content=BIG, headers=KEY)
+    assert too_large.status_code == 413
+    assert "RERANK_MAX_BODY_BYTES" in TeiErrorBody.model_validate(too_large.json()).error
+    no_key = small_bodies.post(path, json={"inputs": "a"})
+    assert no_key.status_code == 401 and no_key.headers["www-authenticate"] == "Bearer"
+    assert TeiErrorBody.model_validate(no_key.json()).error_type == "unauthorized"
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/embeddings", "/tei/any-model/v1/embeddings"])
+def test_an_openai_route_refused_before_routing_gets_openais_error_body(small_bodies: TestClient, path: str) -> None:
+    too_large = small_bodies.post(path, content=json.dumps({"input": ["a " * 3000]}).encode(), headers=KEY)
+    assert too_large.status_code == 413
+    error = OpenAIErrorBody.model_validate(too_large.json()).error
+    assert error.code == "too_large" and error.param == "body" and "RERANK_MAX_BODY_BYTES" in error.message
+    no_key = small_bodies.post(path, json={"input": "a"}, headers={"authorization": "Bearer sk-wrong"})
+    assert no_key.status_code == 401
+    assert OpenAIErrorBody.model_validate(no_key.json()).error.code == "unauthorized"
+
+
+def test_a_shared_path_refused_before_routing_gets_the_common_error_body(small_bodies: TestClient) -> None:
+    response = small_bodies.post("/rerank", content=BIG, headers=KEY)  # TEI, Cohere or the original API: unknown
+    assert response.status_code == 413 and response.headers["connection"] == "close"
+    assert ErrorBody.model_validate(response.json()).field == "body"

@@ -182,3 +182,31 @@ def test_hot_swap_under_load_fails_no_request(
     assert health.models is not None
     reload = health.models[0].last_reload
     assert reload is not None and reload.ok
+
+
+def test_a_hot_swap_never_resets_the_models_counters(swappable: Path) -> None:
+    """Prometheus reads a counter that falls as a restart: a swap keeps counting from where the
+    previous version stopped, its work included."""
+    settings = make_settings(model_path=str(swappable), reload_interval=0, admin_key="adm")
+    with TestClient(create_app(settings)) as client:
+
+        def counted() -> list[float]:
+            text = client.get("/metrics").text
+            names = ("compat_api_pairs_total", "compat_api_batches_total", "compat_api_cache_misses_total")
+            return [next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith(f'{name}{{model="bge-reranker"}}')) for name in names]  # fmt: skip
+
+        client.post("/rerank", json={"query": QUERY, "compare_to": DOCS})
+        before = counted()
+        assert before[0] >= 3
+        assert client.post("/admin/models/bge-reranker/reload", headers={"Authorization": "Bearer adm"}).is_success
+        deadline = time.monotonic() + 10
+        while client.app.state.registry.models[0].draining and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        swapped = counted()
+        assert all(now >= then for now, then in zip(swapped, before, strict=True)), (swapped, before)
+        client.post("/rerank", json={"query": "another query", "compare_to": DOCS})
+        after = counted()
+        assert after[0] == swapped[0] + 3 and after[1] > swapped[1] and after[2] == swapped[2] + 3
+        health = HealthResponse.model_validate(client.get("/health").json())
+        assert health.models is not None and health.models[0].engine.pairs >= after[0]

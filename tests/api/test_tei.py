@@ -124,3 +124,15 @@ def test_info_has_the_fields_dify_reads(tiny_client: TestClient) -> None:
     assert info.max_input_length == 512
     assert info.max_client_batch_size == 1000
     assert info.model_dtype == "float32"
+
+
+def test_the_root_info_is_the_rerank_url_even_for_an_embedding_model(bundled_client: TestClient) -> None:
+    """Dify's TEI provider accepts a rerank URL only if `/info` says reranker: the bundled
+    embedding model reranks by cosine at the root URL and embeds at its own TEI base URL."""
+    root = TeiInfo.model_validate(bundled_client.get("/info").json())
+    assert "reranker" in root.model_type
+    own = TeiInfo.model_validate(bundled_client.get(f"/tei/{root.model_id}/info").json())
+    assert "embedding" in own.model_type and own.model_id == root.model_id
+    body = {"query": "capital of France", "texts": ["cats", "Paris is in France"]}
+    ranked = TypeAdapter(list[TeiRank]).validate_python(bundled_client.post("/rerank", json=body).json())
+    assert ranked[0].index == 1

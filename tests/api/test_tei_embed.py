@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from compat_api.api.app import create_app
 from compat_api.api.embed.openai import OpenAIEmbeddingResponse
 from compat_api.api.embed.sibling import SimilarityResponse
 from compat_api.api.embed.tei import TeiToken
 from compat_api.api.errors import TeiErrorBody
 from compat_api.api.rerank.tei import TeiInfo, TeiRank
+from tests.conftest import make_settings
 
 TEXTS = ["what is function compute", "function compute is alibaba cloud serverless computing service", "hello"]
 
@@ -56,7 +58,7 @@ def test_tokenize_and_decode(stack_client: TestClient) -> None:
     [tokens] = stack_client.post("/tokenize", json={"inputs": "hello paris", "add_special_tokens": False}).json()
     parsed = [TeiToken.model_validate(t) for t in tokens]
     assert len(parsed) == len(framed) - 2 and not any(t.special for t in parsed)
-    assert "".join(t.text for t in parsed) == "hello paris"
+    assert "".join(t.text.strip() for t in parsed) == "helloparis"
     assert all("hello paris"[t.start : t.stop] == t.text for t in parsed if t.start is not None)
     cohere = stack_client.post("/tokenize", json={"text": "hello paris"}).json()
     assert cohere["tokens"] == [t.id for t in parsed]
@@ -105,9 +107,7 @@ def test_sparse_and_multi_vector_outputs_over_tei(tmp_path: Path, tiny_embedder_
     vectors; a model without the heads answers TEI's model error (424), not a 500."""
     from FlagEmbedding import BGEM3FlagModel
 
-    from compat_api.api.app import create_app
     from compat_api.api.embed.tei import SparseValue
-    from tests.conftest import make_settings
     from tests.tiny_models import build_tiny_xlmr_embedder
 
     m3 = build_tiny_xlmr_embedder(tmp_path / "bge-m3", heads=True)
@@ -162,3 +162,83 @@ def test_texts_and_token_ids_mixed_in_one_request(stack_client: TestClient) -> N
     assert wrong.status_code == 422 and "inputs[1][1]" in TeiErrorBody.model_validate(wrong.json()).error
     empty = stack_client.post("/embed", json={"inputs": ["a", []]})
     assert empty.status_code == 400 and "inputs[1]" in TeiErrorBody.model_validate(empty.json()).error
+
+
+def test_tei_tokens_cover_their_own_span_as_teis_tokenizer_offsets_say(bundled_client: TestClient) -> None:
+    """TEI's `text`, `start` and `stop` are the tokenizer's offsets: "Hello" is 0-5, not "Hello " 0-6."""
+    [tokens] = bundled_client.post("/tokenize", json={"inputs": "Hello World", "add_special_tokens": False}).json()
+    parsed = [TeiToken.model_validate(t) for t in tokens]
+    assert [(t.text, t.start, t.stop) for t in parsed] == [("Hello", 0, 5), ("World", 6, 11)]
+    cohere = bundled_client.post("/tokenize", json={"text": "Hello World"}).json()
+    assert "".join(cohere["token_strings"]) == "Hello World", "Cohere's token strings still rebuild the text"
+    for raw in (b'{"inputs": "a \\udfff b"}', b'{"text": "a \\udfff b"}'):  # TEI's, then Cohere's
+        broken = bundled_client.post("/tokenize", content=raw, headers={"content-type": "application/json"})
+        assert broken.status_code == 200, broken.text
+    assert "".join(broken.json()["token_strings"]) == "a \ufffd b", "sent back as the model read it"
+
+
+def test_one_long_token_array_is_one_input_not_a_document_list(stack_client: TestClient) -> None:
+    """The document limit (1,000) counts inputs: 1,200 ids are one input, cut to the window."""
+    [tokens] = stack_client.post("/tokenize", json={"inputs": "hello", "add_special_tokens": False}).json()
+    ids = [tokens[0]["id"]] * 1200
+    for body in ({"inputs": ids}, {"inputs": [ids]}):
+        response = stack_client.post("/embed", json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()) == 1
+    decoded = stack_client.post("/decode", json={"ids": ids})
+    assert decoded.status_code == 200 and decoded.json()[0].count("hello") == 1200
+    cohere = stack_client.post("/v1/detokenize", json={"tokens": ids})
+    assert cohere.status_code == 200 and cohere.json()["text"].count("hello") == 1200
+
+
+def test_similarity_errors_name_the_sentence_at_fault(stack_client: TestClient) -> None:
+    empty = stack_client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b", ""]}})
+    assert empty.status_code == 400
+    assert TeiErrorBody.model_validate(empty.json()).error.startswith("inputs.sentences[1] is an empty string")
+    source = stack_client.post("/similarity", json={"inputs": {"source_sentence": "", "sentences": ["b"]}})
+    assert TeiErrorBody.model_validate(source.json()).error.startswith("inputs.source_sentence is an empty string")
+
+
+def test_texts_and_token_ids_in_one_request_share_its_caps(tiny_reranker_dir: Path, tiny_embedder_dir: Path) -> None:
+    """A mixed request is one request to the engine: 6 texts and 6 id arrays of 5 tokens are 60
+    tokens, over a cap of 40 (each half alone would pass), and nothing of it is left running."""
+    settings = make_settings(model_path=str(tiny_reranker_dir), embedding_model_path=str(tiny_embedder_dir),
+                             max_request_tokens=40, reload_interval=0)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        [tokens] = client.post("/tokenize", json={"inputs": "hello paris berlin"}).json()
+        ids = [t["id"] for t in tokens]
+        assert len(ids) == 5  # <s> hello paris berlin </s>
+        half = client.post("/embed", json={"inputs": ["hello paris berlin"] * 3 + [ids] * 3})
+        assert half.status_code == 200 and len(half.json()) == 6
+        over = client.post("/embed", json={"inputs": [f"hello paris {w}" for w in ("a", "b", "c", "d", "e", "f")]
+                                           + [ids] * 6})  # fmt: skip
+        assert over.status_code == 413, over.text
+        assert "RERANK_MAX_REQUEST_TOKENS" in TeiErrorBody.model_validate(over.json()).error
+        assert client.app.state.registry.embedder(None).engine.queued_items == 0  # type: ignore[attr-defined]
+
+
+def test_too_many_inputs_are_a_413_whatever_their_shape(stack_client: TestClient) -> None:
+    inputs: list[Any] = ["a"] * 600 + [[5, 6]] * 600
+    response = stack_client.post("/embed", json={"inputs": inputs})
+    assert response.status_code == 413
+    assert TeiErrorBody.model_validate(response.json()).error.startswith("inputs: 1200 items exceed the limit of 1000")
+
+
+def test_an_answer_of_per_token_vectors_has_a_size_limit_checked_before_the_model_runs(
+    stack_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/embed_all answers a vector per token: a small request can ask for hundreds of MB, so its
+    tokens are capped (413) before any model work. Here the cap is made small: 20 tokens."""
+    import compat_api.core.embed as core_embed
+
+    width = len(stack_client.post("/embed", json={"inputs": "hello"}).json()[0])
+    monkeypatch.setattr(core_embed, "MAX_TOKEN_VECTOR_FLOATS", 20 * width)
+    engine = stack_client.app.state.registry.embedder(None).engine  # type: ignore[attr-defined]
+    before = engine.batches_run
+    over = stack_client.post("/embed_all", json={"inputs": ["hello paris berlin"] * 5})  # 5 x 5 tokens
+    assert over.status_code == 413
+    assert "send fewer or shorter inputs" in TeiErrorBody.model_validate(over.json()).error
+    assert engine.batches_run == before, "refused before the model ran"
+    fits = stack_client.post("/embed_all", json={"inputs": ["hello paris berlin"] * 4})
+    assert fits.status_code == 200 and [len(v) for v in fits.json()] == [5] * 4
+    assert stack_client.post("/embed_sparse", json={"inputs": ["hello paris berlin"] * 5}).status_code != 413

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,32 @@ def test_no_length_causes_an_error(bundled: Embedder) -> None:
     huge = "x" * 100_000 + " " + "word " * 50_000
     for options in (EncodeOptions(), EncodeOptions(mode="chunk", max_chunks=3), EncodeOptions(truncate_left=True)):
         assert len(bundled.score(QUERY, [huge, ""], options)) == 2
+
+
+def test_a_document_flagembedding_scores_whole_is_not_chunked(tiny_reranker_dir: Path) -> None:
+    """Under transformers 5 FlagEmbedding builds a pair by decoding the ids to text and encoding
+    the pair again; that round trip shortens a query with characters the vocabulary lacks (17 ids
+    become 16 here), so a document one token over the raw room is still scored whole."""
+    from FlagEmbedding import FlagReranker
+    from transformers import AutoTokenizer
+
+    from compat_api.core.models.cross_encoder import CrossEncoderScorer
+
+    window, query = 40, "don't U.S. naïve café"
+    scorer = CrossEncoderScorer(str(tiny_reranker_dir), name="t", max_length=window)
+    reference = FlagReranker(str(tiny_reranker_dir), use_fp16=False, devices=["cpu"], max_length=window)
+    tok = AutoTokenizer.from_pretrained(str(tiny_reranker_dir))
+    words = "paris is the capital of france and berlin is the capital of germany".split()  # noqa: SIM905
+    docs = [" ".join(words[i % len(words)] for i in range(n)) for n in range(14, 24)]
+    expected = reference.compute_score([[query, d] for d in docs], normalize=True)
+    encoding, items = scorer.encode(query, docs, EncodeOptions(mode="chunk", max_chunks=10, overlap=0))
+    got = normalize(scorer.finish(encoding, scorer.forward(items)), Normalization.SIGMOID)
+
+    def round_trip(text: str) -> int:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return len(tok(tok.decode(ids, skip_special_tokens=False), add_special_tokens=False)["input_ids"])
+
+    whole = [i for i, d in enumerate(docs) if round_trip(query) + round_trip(d) + 4 <= window]  # <s> q </s></s> d </s>
+    raw_room = window - len(tok(query, add_special_tokens=False)["input_ids"]) - 4
+    assert any(len(tok(docs[i], add_special_tokens=False)["input_ids"]) > raw_room for i in whole), "the edge is hit"
+    assert [got[i] for i in whole] == pytest.approx([expected[i] for i in whole], abs=1e-4)

@@ -163,3 +163,24 @@ def test_the_cosine_reranker_uses_the_same_pooling(tiny_embedder_dir: Path) -> N
     vectors = shape(model.embed(["what is function compute", "hello", "function compute is a service"]), None, True)
     scores = model.score("what is function compute", ["hello", "function compute is a service"])
     assert scores == pytest.approx([float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])], abs=1e-6)
+
+
+def test_a_cosine_rerank_gives_its_query_the_query_instruction(tiny_embedder_dir: Path) -> None:
+    """An embedding model reranks as FlagModel retrieves: `encode_queries` (the instruction, e.g.
+    bge-*-v1.5's) for the query, `encode_corpus` for the documents."""
+    from FlagEmbedding import FlagModel
+
+    instruction = "represent the query: "
+    query, docs = "what is function compute", ["hello", "function compute is a service", "the capital of france"]
+    model = FlagModel(str(tiny_embedder_dir), pooling_method="cls", normalize_embeddings=True, use_fp16=False,
+                      devices="cpu", query_instruction_for_retrieval=instruction)  # fmt: skip
+    want = (model.encode_queries([query]) @ model.encode_corpus(docs).T)[0]
+
+    async def body(registry: ModelRegistry) -> list[float]:
+        outcome = await rerank(registry, RerankQuery(query=query, documents=docs))
+        return outcome.raw_scores
+
+    got = run_registry({"model_path": str(tiny_embedder_dir), "embedding_query_instruction": instruction}, body)
+    assert got == pytest.approx([float(s) for s in want], abs=1e-4)
+    plain = run_registry({"model_path": str(tiny_embedder_dir)}, body)
+    assert plain != pytest.approx(got, abs=1e-4), "the instruction changes the query's vector"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,48 @@ def test_tokenization_of_a_huge_request_does_not_hold_back_a_small_one(tiny_scor
     asyncio.run(run())
     first_small = order.index("small")
     assert first_small < len(order) - 5 and order[first_small:].count("big") > 5, "steps interleave"
+
+
+class Held(Gated):
+    """Each model call waits on its own gate, in the order the calls start."""
+
+    def __init__(self, inner: Scorer, calls: int) -> None:
+        super().__init__(inner)
+        self.gates = [threading.Event() for _ in range(calls)]
+        self.started: list[float] = []
+        self._lock = threading.Lock()
+
+    def forward(self, items: Sequence[Item]) -> list[Any]:
+        with self._lock:
+            gate = self.gates[len(self.started)]
+            self.started.append(time.monotonic())
+        gate.wait(timeout=30)
+        return self.inner.forward(items)
+
+
+def test_busy_since_is_the_oldest_running_call_across_lanes(tiny_scorer: CrossEncoderScorer) -> None:
+    """The health probe trusts a call running for under its timeout: with two lanes, the end of
+    the younger call must not make the older, still running one look fresh."""
+    held = Held(tiny_scorer, calls=2)
+
+    async def run() -> tuple[float | None, float | None, float]:
+        engine = BatchEngine(held, max_batch_tokens=4096, max_batch_size=64, limits=Limits(), lanes=2)
+        engine.start()
+        first = asyncio.create_task(engine.score("q", ["paris"]))
+        while len(held.started) < 1:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(engine.score("q", ["berlin"]))
+        while len(held.started) < 2:
+            await asyncio.sleep(0.01)
+        held.gates[1].set()  # the younger call ends first
+        await second
+        while_older_runs = engine.busy_since
+        held.gates[0].set()
+        await first
+        after = engine.busy_since
+        await engine.close()
+        return while_older_runs, after, held.started[0]
+
+    while_older_runs, after, oldest = asyncio.run(run())
+    assert while_older_runs is not None and abs(while_older_runs - oldest) < 0.05
+    assert after is None

@@ -26,6 +26,7 @@ from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
 from compat_api.api.wire import LIMITED, SMALL_LIST, DocumentList, PositiveInt, Text, TokenId
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, detokenize, quantize, tokenize
 from compat_api.core.models.embedder import Truncate
+from compat_api.core.text import utf8_safe
 
 router = APIRouter(tags=["embeddings (Cohere)"], dependencies=API_KEY, responses={**UNAUTHORIZED, **ERROR_RESPONSES})
 
@@ -95,7 +96,7 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    tokens: Annotated[list[TokenId], DocumentList] = Field(min_length=1, json_schema_extra={**LIMITED})
+    tokens: list[TokenId] = Field(min_length=1)  # one text's ids: not a document list
     model: str | None = None
 
 
@@ -123,7 +124,8 @@ def to_core(body: CohereEmbedRequest | CohereV2EmbedRequest) -> EmbedQuery:
         return EmbedQuery(inputs=body.texts, model=body.model, field="texts", query=query, truncate=truncate)
     field = "texts" if body.texts is not None else "inputs"
     return EmbedQuery(inputs=v2_texts(body), model=body.model, field=field, query=query, truncate=truncate,
-                      dimensions=body.output_dimension, max_tokens=body.max_tokens)  # fmt: skip
+                      dimensions=body.output_dimension, dimensions_field="output_dimension",
+                      max_tokens=body.max_tokens)  # fmt: skip
 
 
 def by_type(outcome: EmbedOutcome, types: Sequence[str]) -> dict[str, Any]:
@@ -142,6 +144,7 @@ def from_core(
     outcome: EmbedOutcome, texts: list[str], types: Sequence[str] | None, version: str
 ) -> CohereEmbedResponse:
     meta = EmbedMeta(api_version={"version": version}, billed_units=BilledUnits(input_tokens=outcome.tokens))
+    texts = [utf8_safe(text) for text in texts]  # sent back as the model read them (lone surrogates repaired)
     if version == "1" and not types:
         return CohereEmbedResponse(id=str(uuid.uuid4()), response_type="embeddings_floats",
                                    embeddings=outcome.vectors.tolist(), texts=texts, meta=meta)  # fmt: skip

@@ -16,14 +16,15 @@ from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
-from compat_api.api.auth import API_KEY, UNAUTHORIZED
+from compat_api.api.auth import API_KEY, UNAUTHORIZED, unauthorized
 from compat_api.api.deps import Registry, run_embed
 from compat_api.api.errors import ERROR_RESPONSES, OPENAI, OpenAIErrorBody, dialect
+from compat_api.api.rendering import vectors_response
 from compat_api.api.wire import LIMITED, NonNegativeInt, Text, within_document_limit
 from compat_api.core.embed import EmbedOutcome, EmbedQuery
 from compat_api.core.tokens import decode_token_arrays
@@ -67,8 +68,9 @@ def _input_shape(value: Any) -> Any:
         return value
     if not isinstance(value, list):
         raise PydanticCustomError("input_shape", f"input must be {INPUT_SHAPES}")
-    within_document_limit(value)
     kinds = {"id" if _is_id(v) else "ids" if _is_ids(v) else type(v).__name__ for v in value}
+    if kinds != {"id"}:  # a list of inputs; one token array is one input, however long
+        within_document_limit(value)
     if len(kinds) > 1:
         raise PydanticCustomError(
             "input_shape", f"input mixes {', '.join(sorted(kinds))}; it must be {INPUT_SHAPES}, one shape per request"
@@ -80,7 +82,17 @@ def _input_shape(value: Any) -> Any:
     return value
 
 
-InputField = Annotated[Text | list[Text] | list[TextItem] | TokenIds | list[TokenIds], BeforeValidator(_input_shape)]
+# A list of inputs is limited by the server's document limit (`maxItems` in the schema); one token
+# array is one input, however long.
+InputList = Field(json_schema_extra={"minItems": 1, **LIMITED})
+InputField = Annotated[
+    Text
+    | Annotated[list[Text], InputList]
+    | Annotated[list[TextItem], InputList]
+    | TokenIds
+    | Annotated[list[TokenIds], InputList],
+    BeforeValidator(_input_shape),
+]
 
 
 class OpenAIEmbeddingRequest(BaseModel):
@@ -88,8 +100,7 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [cast(JsonDict, EXAMPLE)]})
 
-    input: InputField = Field(description=f"What to embed: {INPUT_SHAPES} (cl100k_base ids).",
-                              json_schema_extra={"minItems": 1, **LIMITED})  # fmt: skip
+    input: InputField = Field(description=f"What to embed: {INPUT_SHAPES} (cl100k_base ids).")
     model: str | None = Field(None, description="Any name; absent or unknown: the default embedding model.")
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="float (default): JSON numbers; base64: little-endian float32 bytes, base64-encoded."
@@ -126,7 +137,7 @@ def to_core(body: OpenAIEmbeddingRequest) -> EmbedQuery:
     if isinstance(value, str):
         texts = [value]
     elif value and all(isinstance(v, int) for v in value):
-        texts = decode_token_arrays([cast(list[int], value)])
+        texts = decode_token_arrays([cast(list[int], value)], nested=False)
     elif value and all(isinstance(v, list) for v in value):
         texts = decode_token_arrays(cast(list[list[int]], value))
     else:
@@ -151,6 +162,7 @@ def from_core(outcome: EmbedOutcome, body: OpenAIEmbeddingRequest) -> dict[str, 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: {**entry, "model": OpenAIErrorBody} for code, entry in ERROR_RESPONSES.items()},
+    **unauthorized(OpenAIErrorBody),
     200: {"model": OpenAIEmbeddingResponse, "description": "One embedding per input, in input order"},
 }
 
@@ -161,7 +173,7 @@ async def embeddings(
     body: Annotated[OpenAIEmbeddingRequest, Body(openapi_examples={"texts": {"value": EXAMPLE}})],
     request: Request,
     registry: Registry,
-) -> JSONResponse:
+) -> Response:
     """Embed each input (OpenAI, Jina, LocalAI, infinity, FastGPT and Dify's providers)."""
     outcome = await run_embed(request, registry, to_core(body))
-    return JSONResponse(from_core(outcome, body))
+    return await vectors_response(from_core(outcome, body))  # up to 1,000 vectors: off the event loop

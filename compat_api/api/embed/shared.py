@@ -16,10 +16,10 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Discriminator, Tag
 
-from compat_api.api.auth import API_KEY, UNAUTHORIZED
+from compat_api.api.auth import API_KEY, UNAUTHORIZED, unauthorized
 from compat_api.api.deps import Registry, bounded, run_embed, run_rerank
 from compat_api.api.embed import cohere, openai, sibling, tei
 from compat_api.api.errors import (
@@ -35,6 +35,7 @@ from compat_api.api.errors import (
     dialect,
     set_dialect,
 )
+from compat_api.api.rendering import vectors_response
 from compat_api.api.rerank import tei as tei_rerank
 from compat_api.core.embed import detokenize, embed_tokens, tokenize
 from compat_api.core.errors import EmptyInput
@@ -43,6 +44,7 @@ from compat_api.core.registry import ModelRegistry
 # TEI's bodies get TEI's error body and codes (424: the model failed), the others the default one
 TEI_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: {**entry, "model": TeiErrorBody} for code, entry in ERROR_RESPONSES.items()},
+    **unauthorized(TeiErrorBody),
     424: {"model": TeiErrorBody, "description": "The model failed"},
 }
 EITHER_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -85,9 +87,11 @@ TokenizeBody = Annotated[
 ]
 
 
-async def tei_embed(request: Request, registry: ModelRegistry, body: tei.TeiEmbedRequest, model: str | None) -> Any:
+async def tei_embed(request: Request, registry: ModelRegistry, body: tei.TeiEmbedRequest,
+                    model: str | None) -> Response:  # fmt: skip
     set_dialect(request, TEI)
-    return tei.embed_from_core(await run_embed(request, registry, tei.embed_to_core(body, model)))
+    outcome = await run_embed(request, registry, tei.embed_to_core(body, model))
+    return await vectors_response(outcome.vectors)  # up to 1,000 vectors: off the event loop
 
 
 async def tei_similarity(request: Request, registry: ModelRegistry, body: tei.TeiSimilarityRequest,
@@ -116,13 +120,14 @@ async def tei_decode(request: Request, registry: ModelRegistry, body: tei.TeiDec
 
 
 @router.post("/embed")
-async def embed(body: Annotated[EmbedBody, Body()], request: Request, registry: Registry) -> JSONResponse:
+async def embed(body: Annotated[EmbedBody, Body()], request: Request, registry: Registry) -> Response:
     """TEI's `{inputs}` → `[[f32]]`; Cohere's `{texts}` → Cohere's v1 answer."""
     if isinstance(body, tei.TeiEmbedRequest):
-        return JSONResponse(await tei_embed(request, registry, body, None))
+        return await tei_embed(request, registry, body, None)
     set_dialect(request, COHERE_V1)
     outcome = await run_embed(request, registry, cohere.to_core(body))
-    return JSONResponse(cohere.from_core(outcome, body.texts, body.embedding_types, "1").model_dump(exclude_none=True))
+    answer = cohere.from_core(outcome, body.texts, body.embedding_types, "1").model_dump(exclude_none=True)
+    return await vectors_response(answer)
 
 
 @router.post("/similarity")
@@ -157,12 +162,13 @@ async def tei_sparse(request: Request, registry: ModelRegistry, body: tei.TeiTok
 
 
 async def tei_all(request: Request, registry: ModelRegistry, body: tei.TeiTokensRequest,
-                  model: str | None) -> list[list[list[float]]]:  # fmt: skip
+                  model: str | None) -> Response:  # fmt: skip
     set_dialect(request, TEI)
     embedder = registry.embedder(model).info
     outputs: Any = "m3" if embedder.extra.get("multi_vector") else "tokens"
     query = tei.tokens_to_core(body, model)
-    return tei.all_from_core(await bounded(request, registry, embed_tokens(registry, query, outputs)))
+    outcome = await bounded(request, registry, embed_tokens(registry, query, outputs, per_token=True))
+    return await vectors_response(tei.all_from_core(outcome))  # millions of floats: off the event loop
 
 
 @router.post("/embed_sparse", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))])
@@ -171,8 +177,9 @@ async def embed_sparse(body: tei.TeiTokensRequest, request: Request, registry: R
     return await tei_sparse(request, registry, body, None)
 
 
-@router.post("/embed_all", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))])
-async def embed_all(body: tei.TeiTokensRequest, request: Request, registry: Registry) -> list[list[list[float]]]:
+@router.post("/embed_all", responses=TEI_RESPONSES, dependencies=[Depends(dialect(TEI))],
+             response_model=list[list[list[float]]])  # fmt: skip
+async def embed_all(body: tei.TeiTokensRequest, request: Request, registry: Registry) -> Response:
     """TEI: a vector per token (bge-m3: its ColBERT vectors, normalized; other models: the last hidden state)."""
     return await tei_all(request, registry, body, None)
 
@@ -221,9 +228,8 @@ async def model_sparse(model: str, body: tei.TeiTokensRequest, request: Request,
     return await tei_sparse(request, registry, body, registry.find(model).spec.name)
 
 
-@per_model.post("/embed_all")
-async def model_all(model: str, body: tei.TeiTokensRequest, request: Request,
-                    registry: Registry) -> list[list[list[float]]]:  # fmt: skip
+@per_model.post("/embed_all", response_model=list[list[list[float]]])
+async def model_all(model: str, body: tei.TeiTokensRequest, request: Request, registry: Registry) -> Response:
     return await tei_all(request, registry, body, registry.find(model).spec.name)
 
 

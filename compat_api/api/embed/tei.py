@@ -16,23 +16,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt, Text, TokenId
+from compat_api.api.wire import LIMITED, DocumentList, NonNegativeInt, Text, TokenId, within_document_limit
 from compat_api.core.embed import EmbedOutcome, EmbedQuery, TokenOutcome, Tokens
 from compat_api.core.errors import EmptyInput
 from compat_api.core.models.embedder import Truncate
+from compat_api.core.text import utf8_safe
 
-IdList = Annotated[list[TokenId], DocumentList]
+IdList = list[TokenId]  # one input, however long: the document limit counts inputs, not ids
 ID_SCHEMA = {"type": "integer", "minimum": 0, "x-limit": "token_id"}
 IdsInput = Annotated[IdList, WithJsonSchema({"type": "array", "minItems": 1, "items": ID_SCHEMA})]
+
+
+def _input_count(value: Any) -> Any:
+    """A list of inputs is refused by its length (413) before its shape is judged; one id array
+    is one input."""
+    if isinstance(value, list) and not all(isinstance(v, int) for v in value):
+        within_document_limit(value)
+    return value
 
 
 # TEI's `Input`: one `InputType` (a text, or the model's own token ids) or a list of them, texts
 # and id arrays mixed as the client likes.
 Inputs = Annotated[
-    Text | IdsInput | Annotated[list[Text | IdsInput], DocumentList],
-    Field(json_schema_extra={"minItems": 1, **LIMITED}),
+    Text | IdsInput | Annotated[list[Text | IdsInput], Field(json_schema_extra={"minItems": 1, **LIMITED})],
+    BeforeValidator(_input_count),
 ]
 
 
@@ -72,9 +81,10 @@ def sparse_from_core(outcome: TokenOutcome) -> list[list[SparseValue]]:
     return [[SparseValue(index=i, value=w) for i, w in sorted(out["sparse"].items())] for out in outcome.outputs]
 
 
-def all_from_core(outcome: TokenOutcome) -> list[list[list[float]]]:
-    """Per input, a vector per token: bge-m3's ColBERT vectors, or any other model's last hidden state."""
-    return [(out["colbert"] if "colbert" in out else out["tokens"]).tolist() for out in outcome.outputs]
+def all_from_core(outcome: TokenOutcome) -> list[Any]:
+    """Per input, a vector per token (an array of rows): bge-m3's ColBERT vectors, or any other
+    model's last hidden state."""
+    return [out["colbert"] if "colbert" in out else out["tokens"] for out in outcome.outputs]
 
 
 def tokens_to_core(body: TeiTokensRequest, model: str | None) -> EmbedQuery:
@@ -113,9 +123,11 @@ class TeiToken(BaseModel):
 
 class TeiDecodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    ids: IdList | Annotated[list[IdList], DocumentList] = Field(
-        min_length=1, json_schema_extra={"minItems": 1, **LIMITED}
-    )
+    ids: Annotated[
+        Annotated[IdsInput, Field(min_length=1)]
+        | Annotated[list[IdList], Field(min_length=1, json_schema_extra=LIMITED)],
+        BeforeValidator(_input_count),
+    ]
     skip_special_tokens: bool | None = None
 
 
@@ -148,15 +160,12 @@ def embed_to_core(body: TeiEmbedRequest, model: str | None) -> EmbedQuery:
                       normalize=body.normalize is not False, field="inputs", truncate=side(body))  # fmt: skip
 
 
-def embed_from_core(outcome: EmbedOutcome) -> list[list[float]]:
-    return [vector.tolist() for vector in outcome.vectors]
-
-
 def similarity_to_core(body: TeiSimilarityRequest, model: str | None) -> EmbedQuery:
     if not body.inputs.sentences:
         raise EmptyInput("inputs.sentences must not be empty", field="inputs.sentences")
+    names = ["inputs.source_sentence", *(f"inputs.sentences[{i}]" for i in range(len(body.inputs.sentences)))]
     return EmbedQuery(inputs=[body.inputs.source_sentence, *body.inputs.sentences], model=model, field="inputs",
-                      uncounted=1)  # fmt: skip
+                      uncounted=1, names=names)  # fmt: skip
 
 
 def similarity_from_core(outcome: EmbedOutcome) -> list[float]:
@@ -167,10 +176,11 @@ def similarity_from_core(outcome: EmbedOutcome) -> list[float]:
 def tokens_from_core(text: str, tokens: Tokens, add_special_tokens: bool) -> list[TeiToken]:
     """TEI's token objects: each token's own slice of the text (its offsets) and its id, framed by
     the model's special tokens (no offsets) unless `add_special_tokens` is false."""
-    out, at = [], 0
-    for token_id, piece in zip(tokens.ids, tokens.strings, strict=True):
-        out.append(TeiToken(id=token_id, text=piece, special=False, start=at, stop=at + len(piece)))
-        at += len(piece)
+    text = utf8_safe(text)  # as the core tokenized it
+    out = [
+        TeiToken(id=token_id, text=text[start:stop], special=False, start=start, stop=stop)
+        for token_id, (start, stop) in zip(tokens.ids, tokens.spans, strict=True)
+    ]
     if not add_special_tokens:
         return out
     before = [TeiToken(id=i, text=t, special=True, start=None, stop=None) for i, t in tokens.before]

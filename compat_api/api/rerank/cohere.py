@@ -19,10 +19,19 @@ from pydantic.config import JsonDict
 from compat_api.api.auth import API_KEY, UNAUTHORIZED
 from compat_api.api.deps import Registry, run_rerank
 from compat_api.api.errors import COHERE_V1, COHERE_V2, ERROR_RESPONSES, dialect
-from compat_api.api.wire import LIMITED, SMALL_LIST, ChunkCount, DocumentList, NonNegativeInt, PositiveInt
+from compat_api.api.wire import (
+    LIMITED,
+    SMALL_LIST,
+    ChunkCount,
+    DocumentList,
+    NonNegativeInt,
+    PlainJson,
+    PositiveInt,
+)
 from compat_api.core.errors import InvalidInput
 from compat_api.core.ranking import search_units
 from compat_api.core.rerank import RerankOutcome, RerankQuery
+from compat_api.core.text import clip, repaired
 
 router = APIRouter(tags=["rerank (Cohere / Jina)"], dependencies=API_KEY, responses=UNAUTHORIZED)
 
@@ -50,7 +59,7 @@ class CohereRerankRequest(BaseModel):
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: Annotated[list[str | DocumentObject], DocumentList] = Field(
+    documents: Annotated[list[Annotated[str | DocumentObject, PlainJson]], DocumentList] = Field(
         description="Texts, or objects ranked on `text` (or on `rank_fields`).",
         json_schema_extra={"minItems": 1, **LIMITED},
     )
@@ -71,7 +80,7 @@ class CohereV2RerankRequest(BaseModel):
 
     model: str | None = Field(None, description="Any name works when one model is served.")
     query: str
-    documents: Annotated[list[str | DocumentObject], DocumentList] = Field(
+    documents: Annotated[list[Annotated[str | DocumentObject, PlainJson]], DocumentList] = Field(
         description="Texts (objects are ranked on `text`).", json_schema_extra={"minItems": 1, **LIMITED}
     )
     top_n: NonNegativeInt | None = Field(None, description="How many results; null, 0 or more than given means all.")
@@ -125,8 +134,16 @@ def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] 
         return doc
     if rank_fields:
         # Cohere v1: the named fields, in order, as "field: value" lines; absent ones are skipped.
+        # A document with none of them is ranked on its `text`, and without that it has nothing
+        # to rank on (never an empty text).
         present = [f for f in rank_fields if f in doc and isinstance(doc[f], str | int | float)]
-        return "\n".join(f"{f}: {doc[f]}" for f in present)
+        if present:
+            return "\n".join(f"{f}: {doc[f]}" for f in present)
+        if not isinstance(doc.get("text"), str):
+            named = ", ".join(repr(clip(f)) for f in rank_fields[:5]) + (" …" if len(rank_fields) > 5 else "")
+            raise InvalidInput(f"documents[{index}] has none of the rank_fields ({named}) and no text to rank on",
+                               field=f"documents[{index}]")  # fmt: skip
+        return str(doc["text"])
     where = f"documents[{index}].text"
     if "text" not in doc:
         raise InvalidInput(f"documents[{index}] has no field 'text' to rank on", field=where)
@@ -148,7 +165,8 @@ def to_core(body: CohereRerankRequest | CohereV2RerankRequest) -> RerankQuery:
 
 
 def result_document(doc: str | dict[str, Any]) -> dict[str, Any]:
-    return {"text": doc} if isinstance(doc, str) else doc
+    """The document as sent, its strings repaired as the scored copy was (lone surrogates)."""
+    return repaired({"text": doc} if isinstance(doc, str) else doc)  # type: ignore[no-any-return]
 
 
 def from_core(

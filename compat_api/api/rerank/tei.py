@@ -15,15 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from compat_api import __version__
-from compat_api.api.auth import API_KEY, UNAUTHORIZED
+from compat_api.api.auth import API_KEY, unauthorized
 from compat_api.api.deps import Registry
-from compat_api.api.errors import TEI, dialect
+from compat_api.api.errors import TEI, TeiErrorBody, dialect
 from compat_api.api.wire import LIMITED, DocumentList
-from compat_api.core.registry import ServedModel
+from compat_api.core.registry import Family, ServedModel
 from compat_api.core.rerank import RerankOutcome, RerankQuery
+from compat_api.core.text import utf8_safe
 from compat_api.settings import Settings
 
-router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))], responses=UNAUTHORIZED)
+router = APIRouter(tags=["TEI"], dependencies=[*API_KEY, Depends(dialect(TEI))],
+                   responses=unauthorized(TeiErrorBody))  # fmt: skip
 
 EXAMPLE: dict[str, Any] = {
     "query": "What is Deep Learning?",
@@ -63,7 +65,10 @@ def to_core(body: TeiRerankRequest) -> RerankQuery:
 
 def from_core(outcome: RerankOutcome, body: TeiRerankRequest) -> list[dict[str, Any]]:
     scores = outcome.raw_scores if body.raw_scores else outcome.scores
-    ranks = [TeiRank(index=i, score=scores[i], text=body.texts[i] if body.return_text else None) for i in outcome.order]
+    ranks = [
+        TeiRank(index=i, score=scores[i], text=utf8_safe(body.texts[i]) if body.return_text else None)
+        for i in outcome.order
+    ]
     return [rank.model_dump(exclude_none=True) for rank in ranks]
 
 
@@ -86,9 +91,10 @@ class TeiInfo(BaseModel):
     docker_label: str | None = None
 
 
-def describe(served: ServedModel, settings: Settings) -> TeiInfo:
-    """One model in TEI's `/info` shape: `model_type` `reranker`, or `embedding` with its pooling."""
-    if served.family == "embedding" and served.info.kind == "embedding":
+def describe(served: ServedModel, settings: Settings, role: Family | None = None) -> TeiInfo:
+    """One model in TEI's `/info` shape, in `role` (default: its family): `model_type`
+    `reranker`, or `embedding` with its pooling (an embedding model reranks by cosine)."""
+    if (role or served.family) == "embedding":
         kind: dict[str, dict[str, Any]] = {"embedding": {"pooling": str(served.info.extra.get("pooling", "cls"))}}
     else:
         kind = {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
@@ -106,6 +112,6 @@ def describe(served: ServedModel, settings: Settings) -> TeiInfo:
 
 @router.get("/info", response_model=TeiInfo)
 async def info(registry: Registry) -> TeiInfo:
-    """The reranker (or, with none served, the embedding model) in TEI's shape; `/tei/{model}/info`
-    describes any one model."""
-    return describe(registry.reranker(None), registry.settings)
+    """The reranker in TEI's shape (with none served, the embedding model that reranks by cosine,
+    as a reranker: the root URL is the rerank one); `/tei/{model}/info` describes any one model."""
+    return describe(registry.reranker(None), registry.settings, "rerank")

@@ -131,7 +131,10 @@ class CrossEncoderScorer(Scorer):
             if options.is_flag_default:
                 pieces = [[ids] for ids in self._ids(texts, self._max_length)]
             else:
-                pieces = [fit_document(ids, room, options) for ids in self._ids(texts, None)]
+                pieces = [
+                    [ids] if self._round_trip_fits(q_ids, ids, room, options) else fit_document(ids, room, options)
+                    for ids in self._ids(texts, None)
+                ]
             owners = [start + doc for doc, parts in enumerate(pieces) for _ in parts]
             flat = [ids for parts in pieces for ids in parts]
             lengths = [min(self._max_length, len(q_ids) + len(ids) + self._pair_specials) for ids in flat]
@@ -141,6 +144,26 @@ class CrossEncoderScorer(Scorer):
                 items = [Item(len(f["input_ids"]), f) for f in features]
                 encoding.bill(owners[i : i + ITEMS_PER_STEP], items)
                 yield items
+
+    def _round_trip_fits(self, q_ids: list[int], ids: list[int], room: int, options: EncodeOptions) -> bool:
+        """Whether a document longer than the room beside the query is still scored whole by
+        FlagEmbedding: under transformers 5 its pairs go ids -> text -> ids, a round trip that can
+        shorten a text the vocabulary lacks characters of. (A document the request caps, with
+        `max_doc_tokens`, is cut as asked.)"""
+        capped = options.max_doc_tokens is not None and len(ids) > options.max_doc_tokens
+        if len(ids) <= room or capped or self._legacy_pairs or len(ids) > self._max_length:
+            return False
+        backend, tok = self._backend, self.tokenizer
+
+        def round_trip(token_ids: list[int]) -> int:
+            if backend is not None:
+                backend.no_truncation()
+                return len(backend.encode(backend.decode(token_ids, skip_special_tokens=False),
+                                          add_special_tokens=False).ids)  # fmt: skip
+            text = tok.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+        return round_trip(q_ids) + round_trip(ids) + self._pair_specials <= self._max_length
 
     def _pairs(self, q_ids: list[int], d_ids: list[list[int]]) -> list[dict[str, list[int]]]:
         tok = self.tokenizer

@@ -144,8 +144,16 @@ class Embedder(Scorer):
         items = self._texts(["what is function compute"] * 2)
         return pad_batch(items, self._pad_id, "cpu")
 
+    def _limit(self, max_tokens: int | None) -> int:
+        """Tokens an input may take, special tokens included: the window, or `max_tokens` within it,
+        but never fewer than the special tokens and one of the text's (below that a tokenizer
+        refuses to truncate and would hand back the whole text)."""
+        if max_tokens is None:
+            return self._max_length
+        return max(len(self._prefix) + len(self._suffix) + 1, min(self._max_length, max_tokens))
+
     def _texts(self, texts: list[str], max_tokens: int | None = None) -> list[Item]:
-        limit = self._max_length if max_tokens is None else max(1, min(self._max_length, max_tokens))
+        limit = self._limit(max_tokens)
         enc = self.tokenizer(texts, truncation=True, max_length=limit, padding=False)
         keys = list(enc.keys())
         return [Item(len(enc["input_ids"][i]), {k: enc[k][i] for k in keys}) for i in range(len(texts))]
@@ -161,10 +169,10 @@ class Embedder(Scorer):
     def vocabulary_size(self) -> int:
         return len(self.tokenizer)
 
-    def token_offsets(self, text: str) -> tuple[list[int], list[int]]:
-        """A text's token ids (no special tokens, no truncation) and where each starts in the text."""
+    def token_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """A text's token ids (no special tokens, no truncation) and the span (start, stop) each covers."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        return list(enc["input_ids"]), [int(start) for start, _ in enc["offset_mapping"]]
+        return list(enc["input_ids"]), [(int(start), int(stop)) for start, stop in enc["offset_mapping"]]
 
     def frame(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         """The special tokens the tokenizer puts before and after a text, as (id, token string)."""
@@ -180,17 +188,18 @@ class Embedder(Scorer):
     # ------------------------------------------------------------------ embeddings
 
     def embed_steps(self, texts: Sequence[str], encoding: Encoding, *, max_tokens: int | None = None,
-                    outputs: Outputs | None = None, truncate: Truncate = "end") -> Iterator[Step]:  # fmt: skip
+                    outputs: Outputs | None = None, truncate: Truncate = "end",
+                    field: str = "texts") -> Iterator[Step]:  # fmt: skip
         """Tokenize texts for the engine in bounded steps; each text is one item, truncated to the
         window (or to `max_tokens`, special tokens included): at its end, at its `start`, or, with
-        `none`, a text that does not fit is refused (413). With `outputs`, each item's output is a
-        dict with its pooled vector under "dense" and the asked outputs beside it."""
+        `none`, a text that does not fit is refused (413, naming `field[i]`). With `outputs`, each
+        item's output is a dict with its pooled vector under "dense" and the asked outputs beside it."""
         self._check_outputs(outputs)
         for start, stop in document_slices(texts):
             if truncate == "end":
                 items = self._texts(list(texts[start:stop]), max_tokens)
             else:
-                items = self._framed(texts, start, stop, max_tokens, truncate)
+                items = self._framed(texts, start, stop, max_tokens, truncate, field)
             items = asking(items, outputs)
             yield Cost(len(items), sum(i.length for i in items))
             encoding.bill(range(start, stop), items)
@@ -204,17 +213,16 @@ class Embedder(Scorer):
             )
 
     def _framed(self, texts: Sequence[str], start: int, stop: int, max_tokens: int | None,
-                truncate: Truncate) -> list[Item]:  # fmt: skip
+                truncate: Truncate, field: str) -> list[Item]:  # fmt: skip
         """Texts tokenized whole, then cut from their start (or refused when they do not fit)."""
-        limit = self._max_length if max_tokens is None else max(1, min(self._max_length, max_tokens))
-        room = max(1, limit - len(self._prefix) - len(self._suffix))
+        room = self._limit(max_tokens) - len(self._prefix) - len(self._suffix)
         full = self.tokenizer(list(texts[start:stop]), add_special_tokens=False, verbose=False)["input_ids"]
         for offset, ids in enumerate(full):
             if truncate == "none" and len(ids) > room:
                 raise LimitExceeded(
-                    f"texts[{start + offset}] has {len(ids)} tokens, more than the {room} the model reads "
+                    f"{field}[{start + offset}] has {len(ids)} tokens, more than the {room} the model reads "
                     "(truncate NONE); send it shorter or truncate START or END",
-                    field=f"texts[{start + offset}]",
+                    field=f"{field}[{start + offset}]",
                 )
         return [self._piece(cut(list(ids), room, left=True)) for ids in full]
 

@@ -41,6 +41,13 @@ FLAG_LLM_CLASSES = {
     "llm-lightweight": "LightWeightFlagLLMReranker",
 }
 NEEDS_REMOTE_CODE = ("llm-layerwise", "llm-lightweight")
+# The prompt each class appends when none is configured (FlagEmbedding's compute_score defaults).
+DEFAULT_PROMPTS = {
+    "llm": "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'.",
+    "llm-lightweight": "Predict whether passage B contains an answer to query A.",
+}
+DEFAULT_PROMPTS["llm-layerwise"] = DEFAULT_PROMPTS["llm"]
 
 
 class FlagLLMScorer(Scorer):
@@ -71,6 +78,7 @@ class FlagLLMScorer(Scorer):
             own_memory(self.reranker.model)
         self.tokenizer = self.reranker.tokenizer
         self._max_length = max_length
+        self._frame(kind)
         self._extra: dict[str, Any] = {"cutoff_layers": [cutoff_layer]} if cutoff_layer is not None else {}
         model = self.reranker.model
         self.info = ModelInfo(
@@ -86,17 +94,34 @@ class FlagLLMScorer(Scorer):
             extra={"architecture": type(model).__name__},
         )
 
-    def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+    def _frame(self, kind: str) -> None:
+        """The tokens FlagEmbedding puts around a pair, as its compute_score builds it: `[bos] query
+        \n passage`, cut (passage only) to max_length + len(\n) + len(prompt), then `\n prompt`."""
         tok = self.tokenizer
-        q_len = len(tok(query, add_special_tokens=False)["input_ids"])
-        room = self._max_length - min(q_len, self._max_length * 3 // 4)
+        prompt = getattr(self.reranker, "prompt", None) or DEFAULT_PROMPTS[kind]
+        self._sep = len(tok("\n", add_special_tokens=False)["input_ids"])
+        self._prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        bos, pad = tok.bos_token_id, tok.pad_token_id
+        # The base class prepends bos unless it is the pad token; the layer-wise and lightweight ones always.
+        self._bos = 1 if bos is not None and (kind != "llm" or bos != pad) else 0
+
+    def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+        """Pairs as FlagEmbedding scores them: the query cut to 3/4 of the window, each document to
+        what is left of the window plus the prompt (FlagEmbedding's passage room, at most the
+        window); a longer document is chunked or cut per `options`. Each item is billed every
+        token the model reads: bos, query, separators, its piece and the prompt."""
+        tok = self.tokenizer
+        q_len = min(len(tok(query, add_special_tokens=False)["input_ids"]), self._max_length * 3 // 4)
+        encode_max = self._max_length + self._sep + self._prompt
+        room = min(self._max_length, encode_max - self._bos - q_len - self._sep)
+        frame = self._bos + q_len + 2 * self._sep + self._prompt
         for start, stop in document_slices(documents):
             texts = list(documents[start:stop])
             full = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
             pieces = [fit_document(ids, room, options) for ids in full]
             owners = [doc for doc, parts in enumerate(pieces) for _ in parts]
             flat = [ids for parts in pieces for ids in parts]
-            yield Cost(len(flat), sum(min(self._max_length, q_len + len(ids)) for ids in flat))
+            yield Cost(len(flat), sum(frame + len(ids) for ids in flat))
             # A document that fits is sent as written; only cut or chunked ones are decoded back to text.
             unchanged = [len(parts) == 1 and len(full[doc]) <= room for doc, parts in enumerate(pieces)]
             for i in range(0, len(flat), ITEMS_PER_STEP):
@@ -106,7 +131,7 @@ class FlagLLMScorer(Scorer):
                                            clean_up_tokenization_spaces=False) if cut_pieces else []  # fmt: skip
                 texts_of = dict(zip(cut_pieces, decoded, strict=True))
                 items = [
-                    Item(min(self._max_length, q_len + len(flat[j])),
+                    Item(frame + len(flat[j]),
                          {"pair": (query, texts[owners[j]] if unchanged[owners[j]] else texts_of[j])})
                     for j in part
                 ]  # fmt: skip
