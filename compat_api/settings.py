@@ -298,6 +298,15 @@ class Settings(BaseSettings):
     health_max_age: float = Field(
         5.0, ge=0, description="Seconds a successful model call counts as a passing health check."
     )
+    health_timeout: float = Field(
+        2.5,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds /health waits for its probe scoring call; a probe still running then keeps running and the "
+            "next check counts it. Keep it below the platform's health-check timeout (s.yaml: 3 s)."
+        ),
+    )
 
     @field_validator("model_path", "model_name", "models_root", "embedding_model_path", "embedding_model_name",
                      mode="before")  # fmt: skip

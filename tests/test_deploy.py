@@ -53,6 +53,8 @@ def test_fc3_resources_fit_function_compute_rules() -> None:
         assert check["httpGetUrl"] == "/health"
         # FC's CustomHealthCheckConfig ranges (the fc3 schema leaves them open; the API refuses others)
         assert 1 <= check["timeoutSeconds"] <= 3 and 0 <= check["initialDelaySeconds"] <= 120
+        waits = float(props["environmentVariables"].get("RERANK_HEALTH_TIMEOUT", Settings().health_timeout))
+        assert waits < check["timeoutSeconds"], f"{name}: /health answers before FC stops waiting for it"
         assert all(1 <= check[k] <= 120 for k in ("periodSeconds", "failureThreshold", "successThreshold"))
         assert str(container["port"]) == props["environmentVariables"]["RERANK_PORT"]
         assert props["environmentVariables"]["MODEL_PATH"].startswith("/mnt/auto/")

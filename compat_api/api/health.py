@@ -1,17 +1,22 @@
 """Liveness, readiness, metrics and the landing redirect: `GET /health`, `GET /metrics`, `GET /`.
 
 `/health` is 200 when every required model answers a real scoring call: one finished within
-`RERANK_HEALTH_MAX_AGE` seconds, or a model call that started less than PROBE_TIMEOUT_S ago is
+`RERANK_HEALTH_MAX_AGE` seconds, or a model call that started less than BUSY_WINDOW_S ago is
 still running (a busy model is a healthy one), or else a probe scored now. The probe is never
 refused by admission and goes before queued work, so a full queue cannot make a healthy instance
-look dead. With API keys set, a request without a valid key gets the status alone: the detail
-(paths, fingerprints, reload errors) needs a key, as `/metrics` does.
+look dead. `/health` waits at most `RERANK_HEALTH_TIMEOUT` seconds for the probe (below the
+platform's own health-check timeout, so the platform reads our answer rather than its timeout);
+a probe still running then keeps running, one at a time per model, the busy rule judges the
+model meanwhile (a call stuck for BUSY_WINDOW_S is a 503), and a later check counts its result.
+With API keys set, a request without a valid key gets the status alone: the detail (paths,
+fingerprints, reload errors) needs a key, as `/metrics` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -19,12 +24,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from compat_api.api.auth import has_valid_key
+from compat_api.core.engine import BatchEngine
 from compat_api.core.errors import CoreError
 from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ReloadResult, ServedModel
 
 router = APIRouter(tags=["health"])
 
-PROBE_TIMEOUT_S = 10.0
+BUSY_WINDOW_S = 10.0  # a model call running for less than this shows a working model
+
+# The probe in flight for each engine (one at a time; it outlives a /health that stopped waiting).
+_probes: weakref.WeakKeyDictionary[BatchEngine, asyncio.Task[object]] = weakref.WeakKeyDictionary()
 
 
 class EngineCounters(BaseModel):
@@ -102,21 +111,44 @@ def counters(served: ServedModel) -> EngineCounters:
     )
 
 
-async def probe(served: ServedModel, max_age: float) -> str | None:
+def _probe_task(engine: BatchEngine) -> asyncio.Task[object]:
+    """The engine's probe scoring call: the one in flight, or a new one."""
+    task = _probes.get(engine)
+    if task is None or task.done():
+        task = asyncio.get_running_loop().create_task(
+            engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS), priority=True), name="health-probe"
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read even when no check waits
+        _probes[engine] = task
+    return task
+
+
+async def probe(served: ServedModel, max_age: float, timeout: float) -> str | None:
     """None when a real scoring call works (recently seen, running now, or tried now); else why not."""
     engine = served.engine
     now = time.monotonic()
     if now - engine.last_success <= max_age:
         return None
-    if engine.busy_since is not None and now - engine.busy_since < PROBE_TIMEOUT_S:
+    if engine.busy_since is not None and now - engine.busy_since < BUSY_WINDOW_S:
         return None
-    try:
-        await asyncio.wait_for(engine.score(WARMUP_QUERY, list(WARMUP_DOCUMENTS), priority=True), PROBE_TIMEOUT_S)
-    except TimeoutError:
-        return f"a scoring call took longer than {PROBE_TIMEOUT_S:.0f}s"
-    except CoreError as exc:
-        return exc.message
-    return None
+    task = _probe_task(engine)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        running = engine.busy_since
+        if running is None:
+            return f"the probe scoring call has not started after {timeout:g}s"
+        age = time.monotonic() - running
+        if age < BUSY_WINDOW_S:
+            return None  # the probe's call (or another) is running: a busy model is a healthy one
+        return f"a model call has been running for {age:.1f}s (more than {BUSY_WINDOW_S:g}s)"
+    if task.cancelled():
+        return "the probe scoring call was cancelled"
+    error = task.exception()
+    if error is None:
+        return None
+    if isinstance(error, CoreError):
+        return error.message
+    raise error
 
 
 def _answer(body: HealthResponse, ok: bool) -> JSONResponse:
@@ -132,11 +164,11 @@ async def health(request: Request) -> JSONResponse:
     detailed = has_valid_key(request)
     if state == "stopping" or registry is None or not registry.models:
         return _answer(HealthResponse(status=state, models=[] if detailed else None), False)
-    max_age = registry.settings.health_max_age
+    max_age, timeout = registry.settings.health_max_age, registry.settings.health_timeout
     required = registry.settings.required_model_list
     models = []
     for served in registry.models:
-        error = await probe(served, max_age)
+        error = await probe(served, max_age, timeout)
         info = served.info
         models.append(
             ModelHealth(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from compat_api.api import health
 from compat_api.api.app import create_app
 from compat_api.api.errors import ErrorBody
 from compat_api.api.health import HealthResponse
@@ -62,6 +63,48 @@ def test_health_is_503_when_the_model_cannot_score(tiny_reranker_dir: Path) -> N
         failed = client.post("/rerank", json={"query": "a", "compare_to": ["b"]})
         assert failed.status_code == 500
         assert failed.json()["type"] == "backend"
+
+
+def test_a_slow_probe_answers_within_the_health_timeout_and_counts_later(
+    tiny_reranker_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform stops waiting after its own timeout (FC: 3 s), so /health answers within
+    RERANK_HEALTH_TIMEOUT; the probe keeps running, one at a time; a call stuck past the busy
+    window is a 503; the probe's result counts once it has scored."""
+    monkeypatch.setattr(health, "BUSY_WINDOW_S", 1.0)
+    settings = make_settings(model_path=str(tiny_reranker_dir), health_max_age=2.0, health_timeout=0.2)
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.registry.models[0].engine  # type: ignore[attr-defined]
+        real, started, release = engine.scorer.forward, threading.Event(), threading.Event()
+        real_score, probes = engine.score, []
+
+        def hung(items: Sequence[Any]) -> list[Any]:
+            started.set()
+            assert release.wait(timeout=30)
+            return real(items)  # type: ignore[no-any-return]
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            probes.append(args)
+            return real_score(*args, **kwargs)
+
+        engine.scorer.forward, engine.score = hung, counted
+        engine.last_success = time.monotonic() - 10  # the last real call is older than health_max_age
+        assert client.get("/health").status_code == 200, "a model call running for 0.2 s is a busy model"
+        assert started.wait(timeout=10)
+        time.sleep(1.1)
+        for _ in range(2):
+            began = time.monotonic()
+            response = client.get("/health")
+            assert response.status_code == 503 and time.monotonic() - began < 5, "answered, not hung"
+            body = HealthResponse.model_validate(response.json())
+            assert body.models is not None and "a model call has been running for" in (body.models[0].error or "")
+        assert len(probes) == 1, "one probe in flight, not one per check"
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the finished probe never counted"
+            time.sleep(0.05)
+        assert len(probes) == 1
 
 
 def test_root_redirects_to_swagger_ui(tiny_client: TestClient) -> None:
