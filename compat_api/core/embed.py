@@ -3,7 +3,6 @@ normalize, cut to the requested dimensions, count usage. One model version serve
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -261,9 +260,9 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
         raise LimitExceeded(
             f"{field}: {len(text)} characters exceed the limit of {limit} (RERANK_MAX_DOCUMENT_CHARS)", field=field
         )
-    _, embedder = _embedder(registry, model)
+    engine, embedder = _embedder(registry, model)
     text = utf8_safe(text)
-    ids, spans = await asyncio.to_thread(embedder.token_offsets, text)
+    ids, spans = await engine.tokenizing(embedder.token_offsets, text)
     bounds = [0, *(start for start, _ in spans[1:]), len(text)]
     strings = [text[bounds[i] : bounds[i + 1]] for i in range(len(ids))]
     before, after = embedder.frame()
@@ -272,6 +271,6 @@ async def tokenize(registry: ModelRegistry, text: str, model: str | None = None,
 
 async def detokenize(registry: ModelRegistry, ids: Sequence[int], model: str | None = None) -> str:
     """The text of the embedding model's token ids; an id outside its vocabulary is a 4xx."""
-    _, embedder = _embedder(registry, model)
+    engine, embedder = _embedder(registry, model)
     check_vocabulary(ids, embedder.vocabulary_size, "tokens", field="tokens")
-    return await asyncio.to_thread(embedder.decode, list(ids))
+    return await engine.tokenizing(embedder.decode, list(ids))

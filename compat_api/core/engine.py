@@ -25,16 +25,18 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from compat_api.core.errors import CoreError, LimitExceeded, ModelFailure, ModelNotReady, Overloaded
 from compat_api.core.models.base import DEFAULT_OPTIONS, Cost, EncodeOptions, Encoding, Item, Scorer, Step
 from compat_api.core.scheduling import Queue, plan_batches, round_budget, select_round
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,8 @@ class BatchEngine:
         try:
             self._charge(job, estimate, 0)
             while (step := await loop.run_in_executor(self._tokenizer, next, steps, None)) is not None:
+                if job.finished:  # failed (a model call, a cap): the rest is not worth tokenizing
+                    break
                 if isinstance(step, Cost):
                     self._declare(job, step)
                 else:
@@ -293,6 +297,14 @@ class BatchEngine:
             job.charged_items = job.charged_tokens = 0
             if not job.future.done():
                 job.future.cancel()
+
+    async def tokenizing(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the thread that tokenizes this engine's requests. A fast tokenizer's
+        truncation and padding are settings it keeps between calls, so a second thread using it
+        at once (`/tokenize` beside an embedding request) would encode with the other's settings."""
+        if self._closed:
+            raise ModelNotReady(f"model {self.scorer.info.name!r} is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
 
     def _retry_after(self) -> int:
         """Seconds until the waiting work is done, at the throughput measured so far."""

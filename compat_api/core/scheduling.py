@@ -104,7 +104,9 @@ def select_round(queues: Sequence[Queue], max_tokens: int, max_items: int) -> li
     if normal:
         quantum = max_tokens * FAIR_SHARE / len(normal)
         for queue in normal:
-            queue.deficit = min(queue.deficit + quantum, float(max_tokens))
+            # Credit saves up to a round, or to the head item where that is longer (a window
+            # past the round budget): else that item waits until no other request has any.
+            queue.deficit = min(queue.deficit + quantum, float(max(max_tokens, queue.items[0][1])))
             if not take(queue, credit=True):
                 return taken
         for queue in sorted(normal, key=lambda q: (q.tokens, q.seq)):

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from compat_api.core.embed import EmbedQuery, embed, pairwise, shape
+from compat_api.core.embed import EmbedQuery, detokenize, embed, pairwise, shape, tokenize
 from compat_api.core.errors import EmptyInput, InvalidInput, LimitExceeded, ModelLoadError, ModelNotFound, WrongFamily
 from compat_api.core.models.embedder import Embedder, detect_pooling
 from compat_api.core.registry import ModelRegistry, bundled_model_path
@@ -184,3 +185,39 @@ def test_a_cosine_rerank_gives_its_query_the_query_instruction(tiny_embedder_dir
     assert got == pytest.approx([float(s) for s in want], abs=1e-4)
     plain = run_registry({"model_path": str(tiny_embedder_dir)}, body)
     assert plain != pytest.approx(got, abs=1e-4), "the instruction changes the query's vector"
+
+
+def test_tokenize_and_decode_share_the_tokenizing_thread_with_requests(tiny_embedder_dir: Path) -> None:
+    """A fast tokenizer keeps its truncation setting between calls: `/tokenize` on a second thread
+    beside an embedding request returned truncated ids, and the request encoded untruncated."""
+    seen: dict[str, set[str]] = {"steps": set(), "tokenize": set(), "decode": set()}
+
+    def on_thread(kind: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            seen[kind].add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    async def body(registry: ModelRegistry) -> None:
+        model = registry.embedder(None).engine.scorer
+        real_steps = model.embed_steps
+
+        def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            inner = real_steps(*args, **kwargs)
+            while True:
+                step = on_thread("steps", next)(inner, None)
+                if step is None:
+                    return
+                yield step
+
+        model.embed_steps, model.token_offsets, model.decode = (  # type: ignore[method-assign]
+            steps,
+            on_thread("tokenize", model.token_offsets),
+            on_thread("decode", model.decode),
+        )
+        tokens = await tokenize(registry, "paris is the capital of france")
+        await asyncio.gather(embed(registry, EmbedQuery(inputs=["paris " * 300] * 4)), detokenize(registry, tokens.ids))
+
+    run_registry({"embedding_model_path": str(tiny_embedder_dir)}, body)
+    assert len(seen["steps"]) == 1 and seen["tokenize"] == seen["decode"] == seen["steps"], seen

@@ -17,7 +17,7 @@ from compat_api.core.errors import LimitExceeded, ModelFailure, Overloaded
 from compat_api.core.models.base import EncodeOptions, Encoding, Item, Scorer, Step
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.ranking import Normalization, normalize
-from compat_api.core.scheduling import Queue, plan_batches, select_round
+from compat_api.core.scheduling import Queue, plan_batches, round_budget, select_round
 
 CHUNKED = EncodeOptions(mode="chunk", max_chunks=1000, overlap=0)
 
@@ -91,6 +91,26 @@ def test_probes_go_first_and_an_item_over_the_budget_still_runs() -> None:
     taken = select_round([huge, probe], max_tokens=100, max_items=8)
     assert [q for q, _, _ in taken] == [probe, probe]
     assert [q for q, _, _ in select_round([huge], max_tokens=100, max_items=8)] == [huge]
+
+
+def test_an_item_longer_than_a_round_is_served_while_other_requests_keep_coming() -> None:
+    """A window past the round budget (bge-m3's 8,192 tokens on a CPU's 2,048-token calls): its
+    credit saves up to its length, so it runs in a round of its own instead of waiting until no
+    other request has anything queued."""
+    budget = round_budget(2048)
+    long = queue(0, [budget + 57])
+    smalls = [queue(i + 1, [100] * 4) for i in range(3)]
+    for round_no in range(40):
+        for q in smalls:  # closed-loop small clients: always a request waiting
+            while len(q) < 4:
+                q.push(0, 100)
+        order = [long, *smalls]
+        k = round_no % len(order)  # the engine rotates who goes first
+        taken = select_round(order[k:] + order[:k], max_tokens=budget, max_items=32)
+        if any(q is long for q, _, _ in taken):
+            assert [q for q, _, _ in taken] == [long], "alone: it fills the round by itself"
+            return
+    raise AssertionError("the long item never ran while small requests kept coming")
 
 
 class Gated(Scorer):
@@ -391,6 +411,35 @@ def test_a_failing_model_call_fails_its_requests_and_the_engine_keeps_serving(
         await engine.close()
 
     asyncio.run(run())
+
+
+def test_a_failed_request_stops_tokenizing_its_remaining_documents(tiny_scorer: CrossEncoderScorer) -> None:
+    """Once a model call has failed a request, its other steps are not tokenized: the tokenizing
+    thread goes to other requests and the client hears of the failure at once."""
+    broken = Broken(tiny_scorer)
+    broken.mode = "raise"
+    tokenized = [0]
+
+    def slow_steps(query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+        for step in tiny_scorer.steps(query, documents, options, encoding):
+            tokenized[0] += 1
+            time.sleep(0.02)
+            yield step
+
+    broken.steps = slow_steps  # type: ignore[method-assign]
+    documents = [f"document {i} " + " ".join(WORDS[: 1 + i % 9]) for i in range(2000)]
+    total = sum(1 for _ in tiny_scorer.steps("q", documents, EncodeOptions(), Encoding(len(documents))))
+
+    async def run() -> None:
+        engine = engine_for(broken, tokens=512, size=8, max_request_items=5000)
+        engine.start()
+        with pytest.raises(ModelFailure, match="out of memory"):
+            await asyncio.wait_for(engine.score("q", documents), 60)
+        assert engine.queued_items == 0
+        await engine.close()
+
+    asyncio.run(run())
+    assert total > 10 and tokenized[0] < total / 2, (tokenized[0], total)
 
 
 def test_tokenization_of_a_huge_request_does_not_hold_back_a_small_one(tiny_scorer: CrossEncoderScorer) -> None:
