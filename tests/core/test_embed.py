@@ -201,6 +201,7 @@ def test_tokenize_and_decode_share_the_tokenizing_thread_with_requests(tiny_embe
 
     async def body(registry: ModelRegistry) -> None:
         model = registry.embedder(None).engine.scorer
+        assert isinstance(model, Embedder)
         real_steps = model.embed_steps
 
         def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
