@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         cli_prog_name="python -m compat_api",
         populate_by_name=True,
         extra="ignore",
+        # `MODEL_PATH=` (empty) must not shadow RERANK_MODEL_PATH and serve the bundled model instead
+        env_ignore_empty=True,
+        allow_inf_nan=False,  # RERANK_SHUTDOWN_GRACE=inf and the like are refused, named
     )
 
     model_path: str | None = Field(
@@ -316,6 +319,15 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _name_path_entries(cls, value: str) -> str:
+        for entry in value.split(","):
+            name, equals, path = entry.partition("=")
+            if entry.strip() and not (equals and name.strip() and path.strip()):
+                raise ValueError(f"entry {entry.strip()!r} is not name=path (RERANK_MODELS: m3=/mnt/auto/m3,...)")
+        return value
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -366,7 +378,7 @@ class Settings(BaseSettings):
 
     @property
     def model_entries(self) -> list[str]:
-        return [entry.strip() for entry in self.models.split(",") if "=" in entry]
+        return [entry.strip() for entry in self.models.split(",") if entry.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

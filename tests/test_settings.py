@@ -39,6 +39,27 @@ def test_blank_model_path_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().model_path is None
 
 
+def test_an_empty_model_path_does_not_hide_the_prefixed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MODEL_PATH=` left empty in a template must not turn RERANK_MODEL_PATH off (and serve the
+    bundled model in place of the configured one)."""
+    monkeypatch.setenv("MODEL_PATH", "")
+    monkeypatch.setenv("RERANK_MODEL_PATH", "/mnt/auto/bge-reranker-v2-m3")
+    assert Settings().model_path == "/mnt/auto/bge-reranker-v2-m3"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [("RERANK_MODELS", "/mnt/auto/m3", "is not name=path"), ("RERANK_MODELS", "m3=", "is not name=path"),
+     ("RERANK_SHUTDOWN_GRACE", "inf", "finite number"), ("RERANK_HEALTH_TIMEOUT", "nan", "finite number")],
+)  # fmt: skip
+def test_malformed_values_are_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=words):
+        Settings()
+
+
 def test_command_line_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODEL_PATH", raising=False)
     settings = Settings(_cli_parse_args=["--host", "127.0.0.1", "--port", "8123", "--model-path", "/m"])

@@ -146,15 +146,22 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         root = Path(settings.models_root)
         if not root.is_dir():
             raise ModelLoadError(f"models root {settings.models_root!r} is not a directory (is the NAS mounted?)")
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and not child.name.startswith(".") and (child / "config.json").is_file():
-                specs.append(ModelSpec(child.name, str(child), kind))
+        found = [c for c in sorted(root.iterdir())
+                 if c.is_dir() and not c.name.startswith(".") and (c / "config.json").is_file()]  # fmt: skip
+        if not found:
+            raise ModelLoadError(f"models root {settings.models_root!r} holds no model directory (a subdirectory "
+                                 "with a config.json): is the NAS mounted?")  # fmt: skip
+        specs += [ModelSpec(child.name, str(child), kind) for child in found]
     if not specs:
         specs.append(ModelSpec(settings.model_name or BUNDLED_MODEL_NAME, bundled_model_path(), "embedding", True))
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ModelLoadError(f"several configured models are named {duplicates}: give each a distinct name")
+    unknown = [name for name in settings.required_model_list if name not in names]
+    if unknown:
+        raise ModelLoadError(f"RERANK_REQUIRED_MODELS names {', '.join(map(repr, unknown))}, not served here; "
+                             f"served: {', '.join(names)}")  # fmt: skip
     return specs
 
 

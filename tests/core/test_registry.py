@@ -71,6 +71,23 @@ def test_a_missing_models_root_is_a_start_up_error(tmp_path: Path) -> None:
         model_specs(make_settings(models_root=str(tmp_path / "nope")))
 
 
+def test_a_models_root_without_models_is_a_start_up_error(tmp_path: Path) -> None:
+    """An unmounted NAS leaves its mount point empty: that is not "no model configured"."""
+    (tmp_path / "root" / "not-a-model").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match="holds no model directory"):
+        model_specs(make_settings(models_root=str(tmp_path / "root")))
+
+
+def test_required_models_must_be_served(tmp_path: Path) -> None:
+    """A misspelt name in RERANK_REQUIRED_MODELS would leave /health requiring nothing."""
+    settings = make_settings(model_path=str(tmp_path / "bge"), required_models="bge,bgee")
+    with pytest.raises(ModelLoadError, match="RERANK_REQUIRED_MODELS names 'bgee', not served here; served: bge"):
+        model_specs(settings)
+    assert [s.name for s in model_specs(make_settings(model_path=str(tmp_path / "bge"), required_models="bge"))] == [
+        "bge"
+    ]
+
+
 @pytest.mark.parametrize(
     ("kind", "flag_class"),
     [("llm", "FlagLLMReranker"), ("llm-layerwise", "LayerWiseFlagLLMReranker"),
