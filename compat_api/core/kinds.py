@@ -28,6 +28,8 @@ def detect_kind(path: str | Path) -> Kind:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path} holds {type(config).__name__}, not a model configuration (a JSON object)")
     architectures = [str(a) for a in config.get("architectures") or []]
     model_type = str(config.get("model_type", ""))
     if any("LayerWise" in a for a in architectures):

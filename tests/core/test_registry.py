@@ -17,6 +17,7 @@ def model_dir(root: Path, name: str, architectures: list[str], model_type: str =
     directory = root / name
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps({"architectures": architectures, "model_type": model_type}))
+    (directory / "tokenizer.json").write_text("{}")  # present (the directory check), never read by these tests
     if modules:
         (directory / "modules.json").write_text("[]")
     return directory
@@ -42,6 +43,13 @@ def test_kind_detection(tmp_path: Path, architectures: list[str], model_type: st
 def test_unknown_kind_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="RERANK_MODEL_KIND"):
         detect_kind(model_dir(tmp_path, "m", ["SomethingElse"]))
+
+
+@pytest.mark.parametrize("content", ["null", "[]", '"bert"'])
+def test_a_config_that_is_not_an_object_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(ModelLoadError, match="not a model configuration"):
+        detect_kind(tmp_path)
 
 
 def test_bundled_only_when_nothing_is_configured(tmp_path: Path) -> None:

@@ -134,6 +134,33 @@ def test_broken_weights_are_a_load_error(tiny_reranker_dir: Path, tmp_path: Path
         CrossEncoderScorer(str(broken), name="x", max_length=64)
 
 
+def test_a_directory_without_tokenizer_files_is_a_load_error(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    """transformers would build an empty tokenizer that reads every word as <unk>."""
+    import shutil
+
+    copy = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_reranker_dir, copy)
+    for name in ("tokenizer.json", "sentencepiece.bpe.model", "vocab.txt"):
+        (copy / name).unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="no tokenizer vocabulary"):
+        CrossEncoderScorer(str(copy), name="x", max_length=64)
+
+
+def test_a_checkpoint_without_its_classifier_head_is_a_load_error(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    """transformers would fill the head with random numbers and the model would serve noise."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    headless = tmp_path / "headless"
+    shutil.copytree(tiny_reranker_dir, headless)
+    weights = load_file(str(headless / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    save_file(kept, str(headless / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"lack 4 of the model's tensors \(classifier\."):
+        CrossEncoderScorer(str(headless), name="x", max_length=64)
+
+
 def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
     int8 = Embedder(bundled_model_path(), name="b8", max_length=512, runtime=Runtime(backend="int8"))
     assert (int8.info.dtype, int8.info.backend) == ("int8", "int8")

@@ -233,6 +233,13 @@ def special_count(tokenizer: Any, *, pair: bool) -> int:
     return len(tokenizer("a")["input_ids"]) - bare
 
 
+# A tokenizer's vocabulary, in one of the forms transformers reads (fast; SentencePiece for
+# XLM-R, Llama/Gemma, T5; WordPiece; byte-level BPE). Without one, transformers builds an empty
+# tokenizer that reads every word as <unk>, and the model would serve meaningless scores.
+VOCABULARY_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "vocab.txt",
+                    "vocab.json")  # fmt: skip
+
+
 def check_model_dir(path: str) -> None:
     directory = Path(path)
     if not directory.is_dir():
@@ -241,6 +248,11 @@ def check_model_dir(path: str) -> None:
         raise ModelLoadError(
             f"model path {path!r} has no config.json: point it at a Hugging Face model directory "
             "such as BAAI/bge-reranker-v2-m3"
+        )
+    if not any((directory / name).is_file() for name in VOCABULARY_FILES):
+        raise ModelLoadError(
+            f"model path {path!r} has no tokenizer vocabulary (one of {', '.join(VOCABULARY_FILES)}): "
+            "copy the model's tokenizer files too"
         )
 
 

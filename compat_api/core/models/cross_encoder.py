@@ -58,9 +58,17 @@ class CrossEncoderScorer(Scorer):
 
             trust = runtime.trust_remote_code
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-            model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust)
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=trust, output_loading_info=True
+            )
         except LOAD_ERRORS as exc:
             raise ModelLoadError(f"cannot load reranker model from {path}: {exc}") from exc
+        missing = sorted(loading.get("missing_keys") or ()) + sorted(loading.get("mismatched_keys") or ())
+        if missing:  # transformers fills them with random numbers: scores would mean nothing
+            raise ModelLoadError(
+                f"{path}'s weights lack {len(missing)} of the model's tensors ({', '.join(map(str, missing[:4]))}"
+                f"{', ...' if len(missing) > 4 else ''}): is this a reranker checkpoint, copied whole?"
+            )
         config = model.config
         labels = int(getattr(config, "num_labels", 1) or 1)
         if labels != 1:
