@@ -332,7 +332,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_device(cls, value: str) -> str:
         value = value.strip().lower()
-        if value in ("auto", "cpu", "cuda") or value.startswith("cuda:") or value == "mps":
+        if value in ("auto", "cpu", "cuda", "mps") or (
+            value.startswith("cuda:") and value[5:].isascii() and value[5:].isdigit()
+        ):
             return value
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
 

@@ -66,8 +66,9 @@ def test_command_line_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.host, settings.port, settings.model_path) == ("127.0.0.1", 8123, "/m")
 
 
-def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RERANK_DEVICE", "tpu")
+@pytest.mark.parametrize("device", ["tpu", "cuda:abc", "cuda:"])
+def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    monkeypatch.setenv("RERANK_DEVICE", device)
     with pytest.raises(ValueError, match="device must be"):
         Settings()
 

@@ -161,6 +161,20 @@ def test_a_checkpoint_without_its_classifier_head_is_a_load_error(tiny_reranker_
         CrossEncoderScorer(str(headless), name="x", max_length=64)
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", "mps"])
+def test_a_device_this_machine_lacks_is_a_load_error_naming_the_setting(device: str) -> None:
+    import torch
+
+    from compat_api.core.models.base import resolve_device
+
+    if (device.startswith("cuda") and torch.cuda.device_count() > 7) or (
+        device == "mps" and torch.backends.mps.is_available()
+    ):
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(ModelLoadError, match=f"RERANK_DEVICE={device}, but"):
+        resolve_device(device)
+
+
 def test_int8_backend_keeps_the_bundled_models_rankings() -> None:
     int8 = Embedder(bundled_model_path(), name="b8", max_length=512, runtime=Runtime(backend="int8"))
     assert (int8.info.dtype, int8.info.backend) == ("int8", "int8")

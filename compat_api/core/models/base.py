@@ -163,12 +163,20 @@ class ModelInfo:
 
 
 def resolve_device(requested: str) -> str:
-    """`auto` picks CUDA when present, otherwise the CPU."""
+    """`auto` picks CUDA when present, otherwise the CPU; a device this machine lacks is a load error."""
     import torch
 
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(requested.partition(":")[2] or 0)
+        if index >= count:
+            found = f"{count} CUDA device(s)" if count else "no CUDA device (or a torch built without CUDA)"
+            raise ModelLoadError(f"RERANK_DEVICE={requested}, but this machine has {found}: use cpu or auto")
+    elif requested == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("RERANK_DEVICE=mps, but Apple's Metal (MPS) is not available here: use cpu or auto")
+    return requested
 
 
 def best_per_document(encoding: Encoding, scores: Sequence[float]) -> list[float]:
