@@ -72,6 +72,21 @@ def test_exports_are_cached_by_fingerprint_and_old_ones_pruned(tiny_reranker_dir
     assert kinds == ["onnx-fp32", "onnx-fp32", int8, "openvino"], "each backend keeps its own exports"
 
 
+def test_a_damaged_export_is_made_again(
+    tiny_reranker_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A graph cut short (a full disk, a crash before the data reached it) must not stop every
+    later start: the server makes the export again."""
+    cache = tmp_path / "cache"
+    first = CrossEncoderScorer(str(tiny_reranker_dir), name="t", max_length=64, runtime=onnx(cache))
+    [graph] = exports(cache)
+    graph.write_bytes(graph.read_bytes()[:4096])
+    again = CrossEncoderScorer(str(tiny_reranker_dir), name="t", max_length=64, runtime=onnx(cache))
+    assert "cannot be used" in caplog.text and "making it again" in caplog.text
+    assert again.score(QUERY, DOCS) == pytest.approx(first.score(QUERY, DOCS), abs=1e-5)
+    assert graph.stat().st_size > 4096
+
+
 def test_the_cache_is_private_to_the_service(tiny_reranker_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o777)

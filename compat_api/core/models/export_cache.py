@@ -127,6 +127,21 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
+def _sync(directory: Path) -> None:
+    """Flush every file under `directory`, and the directories, to the disk."""
+    for path in sorted(directory.rglob("*"), key=lambda p: p.is_dir()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def staging(target: Path) -> Iterator[Path]:
     """A uniquely named directory beside `target`, renamed to it when the block succeeds (or
@@ -134,6 +149,7 @@ def staging(target: Path) -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
         yield directory
+        _sync(directory)  # on disk before it is named: a crash must not leave a named, truncated export
         try:
             directory.rename(target)
         except OSError:
@@ -182,8 +198,15 @@ def load_verified(version: Path, *, complete: Callable[[Path], bool], make: Call
             shutil.rmtree(version, ignore_errors=True)
             with staging(version) as directory:
                 make(directory)
-        module = open_(version)
-        excess = tolerance.excess(run(module), np.load(version / REFERENCE))
+        try:
+            module = open_(version)
+            excess = tolerance.excess(run(module), np.load(version / REFERENCE))
+        except (ModelLoadError, OSError, ValueError) as exc:  # a damaged file (a copy cut short, a full disk)
+            if attempt:
+                raise
+            log.error("the %s %s cannot be used (%s); making it again", what, version, exc)
+            shutil.rmtree(version, ignore_errors=True)
+            continue
         if excess <= 1:
             os.utime(version)
             prune(version.parent, keep=version)
