@@ -158,3 +158,25 @@ def test_a_document_with_none_of_the_rank_fields_is_ranked_on_its_text_or_refuse
     plain = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": ["paris is the capital of france"]})
     score = next(r["relevance_score"] for r in ranked.json()["results"] if r["index"] == 1)
     assert score == pytest.approx(plain.json()["results"][0]["relevance_score"], abs=1e-6)
+
+
+def test_rank_fields_naming_only_text_rank_as_without_rank_fields(tiny_client: TestClient) -> None:
+    """Cohere's default rank field is `text`: naming it must not change the score."""
+    docs = [{"text": "paris is the capital of france"}, {"text": "cats"}]
+    named = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": ["text"]})
+    default = tiny_client.post("/v1/rerank", json={"query": QUERY, "documents": docs})
+    scores = [
+        {r.index: r.relevance_score for r in CohereRerankResponse.model_validate(x.json()).results}
+        for x in (named, default)
+    ]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+
+
+def test_rank_field_values_are_written_as_json(tiny_client: TestClient) -> None:
+    """A boolean field reads `true` (as the document wrote it), not Python's `True`."""
+    docs = [{"title": "paris", "open": True}, {"title": "paris", "open": "true"}]
+    response = tiny_client.post(
+        "/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": ["title", "open"]}
+    )
+    scores = {r.index: r.relevance_score for r in CohereRerankResponse.model_validate(response.json()).results}
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)

@@ -8,6 +8,7 @@ null, every optional field nullable, unknown fields ignored.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any, cast
 
@@ -128,6 +129,11 @@ class CohereRerankResponse(BaseModel):
     usage: Usage
 
 
+def _value(value: str | float) -> str:
+    """A field's value as its document wrote it (JSON's `true`, not Python's `True`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] | None) -> str:
     """The text a document is ranked on: the string, its `text`, or its `rank_fields` in order."""
     if isinstance(doc, str):
@@ -137,8 +143,10 @@ def document_text(doc: str | dict[str, Any], index: int, rank_fields: list[str] 
         # A document with none of them is ranked on its `text`, and without that it has nothing
         # to rank on (never an empty text).
         present = [f for f in rank_fields if f in doc and isinstance(doc[f], str | int | float)]
+        if present == ["text"] and isinstance(doc["text"], str):
+            return str(doc["text"])  # the default field named: the same text, the same score as without it
         if present:
-            return "\n".join(f"{f}: {doc[f]}" for f in present)
+            return "\n".join(f"{f}: {_value(doc[f])}" for f in present)
         if not isinstance(doc.get("text"), str):
             named = ", ".join(repr(clip(f)) for f in rank_fields[:5]) + (" …" if len(rank_fields) > 5 else "")
             raise InvalidInput(f"documents[{index}] has none of the rank_fields ({named}) and no text to rank on",
