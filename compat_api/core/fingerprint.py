@@ -1,6 +1,7 @@
 """A cheap fingerprint of a model directory: what changes when someone uploads a new model over it.
 
-It hashes config.json, every model file's name, size and modification time, and a sample of
+It hashes every model file's name, size and modification time (those of the directory and of
+its subdirectories one level down, where sentence-transformers keeps its modules), and a sample of
 each file's content: small files whole, large ones (weights) in 16 blocks of 4 KiB at evenly
 spaced offsets. So a checkpoint replaced in place with the same size and a preserved mtime
 (`rsync -a --inplace` of a same-shape model) still changes the fingerprint, while a poll reads
@@ -36,12 +37,26 @@ def fingerprint(path: str | Path, salt: str = "") -> str:
     digest = hashlib.sha256(salt.encode())
     if not directory.is_dir():
         return "missing"
-    for file in sorted(directory.iterdir()):
-        if file.is_file() and file.suffix in MODEL_FILES and not file.name.startswith("."):
-            info = file.stat()
-            digest.update(f"{file.name}|{info.st_size}|{info.st_mtime_ns}".encode())
-            _sample(file, info.st_size, digest)
+    for file in _model_files(directory):
+        info = file.stat()
+        digest.update(f"{file.relative_to(directory).as_posix()}|{info.st_size}|{info.st_mtime_ns}".encode())
+        _sample(file, info.st_size, digest)
     return digest.hexdigest()[:16]
+
+
+def _model_files(directory: Path) -> list[Path]:
+    """The directory's model files, and those of its subdirectories one level down (a
+    sentence-transformers model keeps its pooling and normalization in `1_Pooling/`, `2_Normalize/`)."""
+    files: list[Path] = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files += [f for f in sorted(entry.iterdir())
+                      if f.is_file() and f.suffix in MODEL_FILES and not f.name.startswith(".")]  # fmt: skip
+        elif entry.is_file() and entry.suffix in MODEL_FILES:
+            files.append(entry)
+    return files
 
 
 def code_fingerprint(path: str | Path) -> str:
