@@ -83,6 +83,7 @@ class ModelHealth(BaseModel):
     fingerprint: str
     loaded_at: float
     last_reload: ReloadOutcome | None = None
+    watch_error: str | None = Field(None, description="Why the last check of the directory for a new version failed.")
     engine: EngineCounters
 
 
@@ -186,6 +187,7 @@ async def health(request: Request) -> JSONResponse:
                 fingerprint=served.fingerprint,
                 loaded_at=served.loaded_at,
                 last_reload=reload_outcome(served.last_reload),
+                watch_error=served.watch_error,
                 engine=counters(served),
             )
         )

@@ -103,6 +103,7 @@ class ServedModel:
     fingerprint: str = ""
     code: str = ""  # fingerprint of the directory's own Python code when it was trusted at start-up
     last_reload: ReloadResult | None = None
+    watch_error: str | None = None  # the last check of the directory failed (cleared by one that works)
     failed_fingerprint: str | None = None
     reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     draining: list[BatchEngine] = field(default_factory=list)  # swapped-out versions finishing their requests
@@ -432,7 +433,11 @@ class ModelRegistry:
                 except Exception as exc:  # noqa: BLE001 - the watcher outlives any one failure and retries
                     message = f"cannot check {served.spec.path} for a new version: {type(exc).__name__}: {exc}"
                     log.error("%s; retrying in %gs", message, interval)
-                    served.last_reload = ReloadResult(False, time.time(), served.fingerprint, message)
+                    served.watch_error = message
+                else:
+                    if served.watch_error is not None:
+                        log.info("%s can be checked again", served.spec.path)
+                    served.watch_error = None
 
     async def _poll(self, served: ServedModel, since: dict[str, tuple[str, float]], settle: float) -> None:
         current = await asyncio.to_thread(fingerprint, served.spec.path)
