@@ -19,15 +19,14 @@ from compat_api.api.app import create_app, preflight
 from compat_api.api.connections import guarded_protocol
 from compat_api.api.observability import configure_logging
 from compat_api.core.errors import CoreError
-from compat_api.settings import Settings
+from compat_api.settings import Settings, settings_problems
 
 
 def serve(argv: list[str]) -> None:
     try:
         settings = Settings(_cli_parse_args=argv)
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        sys.exit(f"compat-api: invalid settings (environment or flags):\n{problems}")
+        sys.exit(f"compat-api: invalid settings (environment or flags):\n{settings_problems(exc)}")
     configure_logging(settings.log_level, settings.log_format == "json")
     try:
         preflight(settings)

@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from compat_api.settings import Settings
+from pydantic import ValidationError
+
+from compat_api.settings import Settings, settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,10 @@ def fetch(source: str, model_id: str, staging: Path, revision: str | None, endpo
     origin = Path(source)
     if not origin.is_dir():
         raise ProvisionError(f"source {source!r} is neither huggingface, modelscope nor a directory")
-    shutil.copytree(origin, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, ".cache"))
+    try:
+        shutil.copytree(origin, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER, ".cache"))
+    except OSError as exc:  # shutil.Error (a file that could not be copied) included
+        raise ProvisionError(f"cannot copy {source}: {exc}") from exc
 
 
 def download(source: str, model_id: str, staging: Path, revision: str | None) -> None:
@@ -210,17 +215,22 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
 
 
 def main(argv: list[str]) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"download-model: invalid settings in the environment:\n{settings_problems(exc)}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(
         prog="python -m compat_api download-model",
         description="Put a reranker model on the model volume (NAS), verified; never over a user's model.",
     )
     parser.add_argument("--model-id", default=DEFAULT_MODEL, help=f"hub model id (default {DEFAULT_MODEL})")
-    parser.add_argument("--target", default=Settings().model_path or DEFAULT_TARGET,
+    parser.add_argument("--target", default=settings.model_path or DEFAULT_TARGET,
                         help="model directory to create (default: $MODEL_PATH or %(default)s)")  # fmt: skip
     parser.add_argument("--source", default="huggingface",
                         help="huggingface (default), modelscope, or a local directory to copy from")  # fmt: skip
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    parser.add_argument("--endpoint", default=Settings().provision_endpoint or None,
+    parser.add_argument("--endpoint", default=settings.provision_endpoint or None,
                         help="Hugging Face endpoint, e.g. https://hf-mirror.com (default: $RERANK_PROVISION_ENDPOINT, "
                              "else huggingface.co)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace a model this tool did not write")

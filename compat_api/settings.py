@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -393,3 +393,8 @@ class Settings(BaseSettings):
     @property
     def aliases(self) -> list[str]:
         return [name.strip() for name in self.model_aliases.split(",") if name.strip()]
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """A validation error as one line per setting, for a start-up message."""
+    return "\n".join(f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())

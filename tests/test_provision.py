@@ -53,7 +53,7 @@ def test_a_foreign_model_is_kept_unless_forced_then_backed_up(tiny_reranker_dir:
     assert len(list(tmp_path.glob("model.backup-*"))) == 1
 
 
-@pytest.mark.parametrize("damage", ["truncate-weights", "bad-config", "no-weights"])
+@pytest.mark.parametrize("damage", ["truncate-weights", "bad-config", "no-weights", "dangling-link"])
 def test_a_broken_source_fails_and_leaves_the_target_untouched(
     tiny_reranker_dir: Path, tmp_path: Path, damage: str
 ) -> None:
@@ -64,10 +64,12 @@ def test_a_broken_source_fails_and_leaves_the_target_untouched(
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "bad-config":
         (source / "config.json").write_text("{not json")
+    elif damage == "dangling-link":
+        (source / "tokenizer.model").symlink_to(tmp_path / "gone")  # copying it fails (shutil.Error)
     else:
         weights.unlink()
     target = tmp_path / "model"
-    with pytest.raises(ProvisionError):
+    with pytest.raises(ProvisionError, match="cannot copy" if damage == "dangling-link" else None):
         provision(target, source=str(source))
     assert not target.exists()
     assert not list(tmp_path.glob(".*partial*"))
@@ -82,6 +84,16 @@ def test_cli_without_internet_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot download BAAI/bge-reranker-v2-m3 from the Hugging Face hub" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_with_a_bad_setting_in_the_environment_says_which(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "compat_api", "download-model", "--target", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120,
+        env={"RERANK_PORT": "abc", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr and "port:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_copies_from_a_directory(tiny_reranker_dir: Path, tmp_path: Path) -> None:
