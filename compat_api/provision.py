@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from compat_api.core.children import child_environment, die_with_parent
 from compat_api.settings import Settings, settings_problems
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def fetch(source: str, model_id: str, staging: Path, revision: str | None, endpo
                    "--source", source, "--model-id", model_id]  # fmt: skip
         if revision:
             command += ["--revision", revision]
-        env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+        env = child_environment({**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"})
         if endpoint:
             env["HF_ENDPOINT"] = endpoint
         last = ""
@@ -161,6 +162,22 @@ def download(source: str, model_id: str, staging: Path, revision: str | None) ->
         raise ProvisionError(f"cannot download {model_id} from ModelScope: {exc}") from exc
 
 
+ABANDONED_S = 24 * 3600
+
+
+def _drop_abandoned(target: Path) -> None:
+    """Remove downloads into `target` that a stopped server left behind (untouched for a day:
+    another instance's download in progress is left alone)."""
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        try:
+            age = time.time() - max(f.stat().st_mtime for f in (partial, *partial.rglob("*")))
+        except (OSError, ValueError):  # gone meanwhile: another instance finished with it
+            continue
+        if age > ABANDONED_S:
+            log.info("removing an abandoned download %s", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "huggingface",
               revision: str | None = None, force: bool = False, endpoint: str | None = None) -> str:  # fmt: skip
     """Put the model at `target`; returns what happened (`downloaded`, `verified`, `kept`)."""
@@ -179,6 +196,7 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
         return "kept"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _drop_abandoned(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         staging.chmod(0o755)  # a model directory others may read, as any upload would be
     except OSError as exc:
@@ -238,6 +256,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.fetch_into:
+        die_with_parent()  # a server stopped during its first start must not leave the download running
         try:
             download(args.source, args.model_id, Path(args.fetch_into), args.revision)
         except ProvisionError as exc:

@@ -75,6 +75,21 @@ def test_a_broken_source_fails_and_leaves_the_target_untouched(
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_a_download_abandoned_by_a_stopped_server_is_removed(tiny_reranker_dir: Path, tmp_path: Path) -> None:
+    """A server stopped during its first start leaves its partial download; the next start
+    removes it once it is a day old, and leaves a recent one (another instance's) alone."""
+    target = tmp_path / "model"
+    old, recent = tmp_path / ".model.partial-old", tmp_path / ".model.partial-recent"
+    for partial in (old, recent):
+        (partial / "sub").mkdir(parents=True)
+        (partial / "sub" / "model.safetensors").write_bytes(b"x" * 10)
+    day_ago = time.time() - 25 * 3600
+    for path in (old, old / "sub", old / "sub" / "model.safetensors"):
+        os.utime(path, (day_ago, day_ago))
+    assert provision(target, source=str(tiny_reranker_dir)) == "downloaded"
+    assert not old.exists() and recent.exists()
+
+
 def test_cli_without_internet_fails_clearly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "compat_api", "download-model", "--target", str(tmp_path / "m")],

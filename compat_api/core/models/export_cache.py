@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from compat_api.core.children import child_environment, die_with_parent
 from compat_api.core.errors import ModelLoadError
 from compat_api.core.fingerprint import fingerprint
 
@@ -231,7 +232,8 @@ def make_in_child(kind: str, path: str, output: str, directory: Path, inputs: di
     command = [sys.executable, "-m", "compat_api.core.models.export_cache", kind, path, output, str(directory),
                str(threads)] + (["--trust-remote-code"] if trust_remote_code else [])  # fmt: skip
     last = ""
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=child_environment()) as child:  # fmt: skip
         assert child.stderr is not None
         for line in child.stderr:  # the child's progress, passed on to our log
             if line.strip():
@@ -251,6 +253,7 @@ def _child(argv: list[str]) -> int:
 
     kind, path, output, directory, threads = argv[:5]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    die_with_parent()  # a server stopped while it exports must not leave the export running
     torch.set_num_threads(int(threads))
     from transformers import AutoModel, AutoModelForSequenceClassification
 
