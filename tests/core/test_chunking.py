@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from compat_api.core.models.base import EncodeOptions, cut, fit_document
+from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.models.embedder import Embedder
 from compat_api.core.ranking import Normalization, normalize
 from compat_api.core.registry import bundled_model_path
@@ -104,3 +105,43 @@ def test_a_document_flagembedding_scores_whole_is_not_chunked(tiny_reranker_dir:
     raw_room = window - len(tok(query, add_special_tokens=False)["input_ids"]) - 4
     assert any(len(tok(docs[i], add_special_tokens=False)["input_ids"]) > raw_room for i in whole), "the edge is hit"
     assert [got[i] for i in whole] == pytest.approx([expected[i] for i in whole], abs=1e-4)
+
+
+def test_a_piece_cut_inside_a_word_keeps_the_end_it_was_cut_to_keep(minilm_cross_encoder_dir: Path) -> None:
+    """Left truncation keeps a long text's end. A WordPiece window that starts inside a word
+    begins with a `##` piece; decoded and encoded again it read `#`, `#`, `...`, grew past the
+    window, and the pair's own truncation then dropped the document's last words: two texts
+    that differ only in their last word scored the same."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_cross_encoder_dir))
+    scorer = CrossEncoderScorer(str(minilm_cross_encoder_dir), name="m", max_length=128)
+    left = EncodeOptions(truncate_left=True)
+    body = "unbelievably " * 100  # un ##bel ##ie ##va ##bly: most windows start inside a word
+    for pad in ("", "ok ", "ok ok "):
+        encoding, items = scorer.encode("capital", [body + pad + "paris", body + pad + "cats"], left)
+        last = [item.features["input_ids"][-2] for item in items]  # before the final [SEP]
+        words = tokenizer.convert_ids_to_tokens(last)
+        assert words == ["paris", "cats"], (pad, words)
+        assert all(item.length <= 128 for item in items)
+        scores = scorer.finish(encoding, scorer.forward(items))
+        assert scores[0] != scores[1]
+
+
+def test_a_piece_cut_on_a_word_start_has_the_features_of_its_text(minilm_cross_encoder_dir: Path) -> None:
+    """Built from ids or through the text, a cut that starts on a word is the same pair."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_cross_encoder_dir))
+    scorer = CrossEncoderScorer(str(minilm_cross_encoder_dir), name="m", max_length=32)
+    text = " ".join(f"word{i % 7} city" for i in range(40))
+    _, cut_items = scorer.encode("where", [text], EncodeOptions(mode="chunk", max_chunks=8))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for item in cut_items:
+        piece = item.features["input_ids"]
+        sep = piece.index(tokenizer.sep_token_id)
+        body = piece[sep + 1 : -1]
+        again = tokenizer("where", tokenizer.decode(body), truncation="only_second", max_length=32)
+        if not tokenizer.convert_ids_to_tokens(body[:1])[0].startswith("##"):
+            assert piece == again["input_ids"] and item.features["token_type_ids"] == again["token_type_ids"]
+        assert any(ids[i : i + len(body)] == body for i in range(len(ids))), "a run of the document's own ids"

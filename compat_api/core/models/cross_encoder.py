@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from compat_api.core.errors import ModelLoadError
@@ -84,6 +85,7 @@ class CrossEncoderScorer(Scorer):
         self._legacy_pairs = callable(getattr(self.tokenizer, "prepare_for_model", None))
         # The Rust tokenizer behind a fast tokenizer, driven directly on the hot path.
         self._backend = None if self._legacy_pairs else getattr(self.tokenizer, "backend_tokenizer", None)
+        self._template: list[Slot | tuple[int, int]] | None = None  # the pair layout, read on first use
         self._truncation_side = getattr(self.tokenizer, "truncation_side", "right")
         self._truncate_left = self._truncation_side == "left"
         self._type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", [])
@@ -136,19 +138,24 @@ class CrossEncoderScorer(Scorer):
         room = self._max_length - len(q_ids) - self._pair_specials
         for start, stop in document_slices(documents):
             texts = list(documents[start:stop])
+            cut_here: list[bool] = []  # per piece: a cut the server made (chunk, truncation, max_doc_tokens)
             if options.is_flag_default:
                 pieces = [[ids] for ids in self._ids(texts, self._max_length)]
             else:
-                pieces = [
-                    [ids] if self._round_trip_fits(q_ids, ids, room, options) else fit_document(ids, room, options)
-                    for ids in self._ids(texts, None)
-                ]
+                pieces = []
+                for ids in self._ids(texts, None):
+                    parts = (
+                        [ids] if self._round_trip_fits(q_ids, ids, room, options) else fit_document(ids, room, options)
+                    )
+                    pieces.append(parts)
+                    cut_here += [not (len(parts) == 1 and parts[0] == ids)] * len(parts)
             owners = [start + doc for doc, parts in enumerate(pieces) for _ in parts]
             flat = [ids for parts in pieces for ids in parts]
+            cut_here = cut_here or [False] * len(flat)
             lengths = [min(self._max_length, len(q_ids) + len(ids) + self._pair_specials) for ids in flat]
             yield Cost(len(flat), sum(lengths))
             for i in range(0, len(flat), ITEMS_PER_STEP):
-                features = self._pairs(q_ids, flat[i : i + ITEMS_PER_STEP])
+                features = self._pieces(q_ids, flat[i : i + ITEMS_PER_STEP], cut_here[i : i + ITEMS_PER_STEP])
                 items = [Item(len(f["input_ids"]), f) for f in features]
                 encoding.bill(owners[i : i + ITEMS_PER_STEP], items)
                 yield items
@@ -172,6 +179,35 @@ class CrossEncoderScorer(Scorer):
             return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
 
         return round_trip(q_ids) + round_trip(ids) + self._pair_specials <= self._max_length
+
+    def _pieces(self, q_ids: list[int], d_ids: list[list[int]], cut_here: list[bool]) -> list[dict[str, list[int]]]:
+        """Each pair's features: a whole document through `_pairs` (FlagEmbedding's own path), a
+        piece the server cut straight from its ids. Decoded, a piece that starts inside a word
+        reads differently (WordPiece's `##ly` comes back as `#`, `#`, `ly`), grows past the
+        window, and loses the end it was cut to keep."""
+        if not any(cut_here) or self._backend is None:
+            return self._pairs(q_ids, d_ids)
+        whole = iter(self._pairs(q_ids, [d for d, cut in zip(d_ids, cut_here, strict=True) if not cut]))
+        return [self._pair_from_ids(q_ids, d) if cut else next(whole) for d, cut in zip(d_ids, cut_here, strict=True)]
+
+    def _pair_from_ids(self, q_ids: list[int], d_ids: list[int]) -> dict[str, list[int]]:
+        """The pair's features from token ids, laid out as the tokenizer's template lays them."""
+        if self._template is None:
+            self._template = pair_template(self._backend)
+        ids: list[int] = []
+        types: list[int] = []
+        for slot in self._template:
+            if isinstance(slot, Slot):
+                part = q_ids if slot.sequence == 0 else d_ids
+                ids += part
+                types += [slot.type_id] * len(part)
+            else:
+                ids.append(slot[0])
+                types.append(slot[1])
+        row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        if self._type_ids:
+            row["token_type_ids"] = types
+        return row
 
     def _pairs(self, q_ids: list[int], d_ids: list[list[int]]) -> list[dict[str, list[int]]]:
         tok = self.tokenizer
@@ -237,3 +273,26 @@ class CrossEncoderScorer(Scorer):
 
     def finish(self, encoding: Encoding, outputs: Sequence[Any]) -> list[float]:
         return best_per_document(encoding, [float(x) for x in outputs])
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one of a pair's two sequences goes in the tokenizer's template, and its type id."""
+
+    sequence: int
+    type_id: int
+
+
+def pair_template(backend: Any) -> list[Slot | tuple[int, int]]:
+    """The tokenizer's pair layout: its special tokens as (id, type id), and a Slot for each
+    sequence (read off the encoding of a sample pair)."""
+    backend.no_truncation()
+    backend.no_padding()
+    sample = backend.encode("a b", "c d", add_special_tokens=True)
+    layout: list[Slot | tuple[int, int]] = []
+    for token, type_id, sequence in zip(sample.ids, sample.type_ids, sample.sequence_ids, strict=True):
+        if sequence is None:
+            layout.append((token, type_id))
+        elif not layout or layout[-1] != Slot(sequence, type_id):
+            layout.append(Slot(sequence, type_id))
+    return layout
