@@ -15,6 +15,7 @@ fingerprints, reload errors) needs a key, as `/metrics` does.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
 
@@ -112,6 +113,12 @@ def counters(served: ServedModel) -> EngineCounters:
     )
 
 
+def _busy_for(engine: BatchEngine) -> float:
+    """How long the engine's oldest running model call has run (inf: none runs)."""
+    since = engine.busy_since
+    return math.inf if since is None else time.monotonic() - since
+
+
 def _probe_task(engine: BatchEngine) -> asyncio.Task[object]:
     """The engine's probe scoring call: the one in flight, or a new one."""
     task = _probes.get(engine)
@@ -127,18 +134,14 @@ def _probe_task(engine: BatchEngine) -> asyncio.Task[object]:
 async def probe(served: ServedModel, max_age: float, timeout: float) -> str | None:
     """None when a real scoring call works (recently seen, running now, or tried now); else why not."""
     engine = served.engine
-    now = time.monotonic()
-    if now - engine.last_success <= max_age:
-        return None
-    if engine.busy_since is not None and now - engine.busy_since < BUSY_WINDOW_S:
+    if time.monotonic() - engine.last_success <= max_age or _busy_for(engine) < BUSY_WINDOW_S:
         return None
     task = _probe_task(engine)
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
-        running = engine.busy_since
-        if running is None:
+        age = _busy_for(engine)
+        if age == math.inf:
             return f"the probe scoring call has not started after {timeout:g}s"
-        age = time.monotonic() - running
         if age < BUSY_WINDOW_S:
             return None  # the probe's call (or another) is running: a busy model is a healthy one
         return f"a model call has been running for {age:.1f}s (more than {BUSY_WINDOW_S:g}s)"
@@ -168,8 +171,9 @@ async def health(request: Request) -> JSONResponse:
     max_age, timeout = registry.settings.health_max_age, registry.settings.health_timeout
     required = registry.settings.required_model_list
     models = []
-    for served in registry.models:
-        error = await probe(served, max_age, timeout)
+    # Every model's probe at once: /health answers within one timeout however many models it has.
+    errors = await asyncio.gather(*(probe(served, max_age, timeout) for served in registry.models))
+    for served, error in zip(registry.models, errors, strict=True):
         info = served.info
         models.append(
             ModelHealth(
