@@ -279,7 +279,7 @@ class BatchEngine:
         self._jobs += 1
         try:
             self._charge(job, estimate, 0)
-            while (step := await loop.run_in_executor(self._tokenizer, next, steps, None)) is not None:
+            while (step := await self._next_step(loop, steps)) is not None:
                 if job.finished:  # failed (a model call, a cap): the rest is not worth tokenizing
                     break
                 if isinstance(step, Cost):
@@ -297,6 +297,20 @@ class BatchEngine:
             job.charged_items = job.charged_tokens = 0
             if not job.future.done():
                 job.future.cancel()
+
+    async def _next_step(self, loop: asyncio.AbstractEventLoop, steps: Iterator[Step]) -> Step | None:
+        """The request's next step, tokenized on the tokenizing thread; the engine closing
+        meanwhile (a hot swap's old version, shutdown) is a ModelNotReady, not a crash."""
+        try:
+            step = await loop.run_in_executor(self._tokenizer, next, steps, None)
+        except (RuntimeError, asyncio.CancelledError):  # the executor shut down under the request
+            task = asyncio.current_task()
+            if self._closed and not (task is not None and task.cancelling()):
+                raise ModelNotReady(f"model {self.scorer.info.name!r} is shutting down") from None
+            raise
+        if self._closed:
+            raise ModelNotReady(f"model {self.scorer.info.name!r} is shutting down")
+        return step
 
     async def tokenizing(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the thread that tokenizes this engine's requests. A fast tokenizer's

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from compat_api.core.engine import BatchEngine, BatchStats, Limits
-from compat_api.core.errors import LimitExceeded, ModelFailure, Overloaded
+from compat_api.core.errors import LimitExceeded, ModelFailure, ModelNotReady, Overloaded
 from compat_api.core.models.base import EncodeOptions, Encoding, Item, Scorer, Step
 from compat_api.core.models.cross_encoder import CrossEncoderScorer
 from compat_api.core.ranking import Normalization, normalize
@@ -440,6 +440,34 @@ def test_a_failed_request_stops_tokenizing_its_remaining_documents(tiny_scorer: 
 
     asyncio.run(run())
     assert total > 10 and tokenized[0] < total / 2, (tokenized[0], total)
+
+
+def test_a_request_tokenizing_when_the_engine_closes_gets_model_not_ready(tiny_scorer: CrossEncoderScorer) -> None:
+    """Shutdown (or a swapped-out version) closing the engine under a request that is still
+    tokenizing: a 503 (ModelNotReady), not the executor's RuntimeError (a 500) or a hang."""
+    gated = Gated(tiny_scorer)
+    started = threading.Event()
+
+    def slow_steps(query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
+        for step in tiny_scorer.steps(query, documents, options, encoding):
+            started.set()
+            time.sleep(0.05)
+            yield step
+
+    gated.steps = slow_steps  # type: ignore[method-assign]
+    documents = [f"document {i} " + " ".join(WORDS[: 1 + i % 9]) for i in range(2000)]
+
+    async def run() -> None:
+        engine = engine_for(gated, max_request_items=5000)
+        engine.start()
+        request = asyncio.create_task(engine.score("q", documents))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        await engine.close()
+        with pytest.raises(ModelNotReady, match="shutting down"):
+            await asyncio.wait_for(request, 10)
+
+    asyncio.run(run())
 
 
 def test_tokenization_of_a_huge_request_does_not_hold_back_a_small_one(tiny_scorer: CrossEncoderScorer) -> None:
