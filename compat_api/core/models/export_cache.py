@@ -129,18 +129,13 @@ def _mtime(path: Path) -> float:
 
 
 def _sync(directory: Path) -> None:
-    """Flush every file under `directory`, and the directories, to the disk."""
-    for path in sorted(directory.rglob("*"), key=lambda p: p.is_dir()):
+    """Flush every file under `directory`, then the directories, itself last, to the disk."""
+    for path in [*sorted(directory.rglob("*"), key=lambda p: p.is_dir()), directory]:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

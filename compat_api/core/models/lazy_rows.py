@@ -163,8 +163,6 @@ def pin_rows(model_path: str, cache_dir: str, source: str, offset: int, nbytes: 
                     raise OSError(f"{source} ended before its input embedding did (was it replaced while loading?)")
                 out.write(memoryview(buffer)[:count])
                 left -= count
-            out.flush()
-            os.fsync(out.fileno())
     os.utime(version)  # in use: the newest of its kind, which prune keeps
     prune(directory, version)
     return target
