@@ -33,7 +33,14 @@ def serve(argv: list[str]) -> None:
     except CoreError as exc:
         sys.exit(f"compat-api: cannot start: {exc.message}")
     server = build_server(settings)
-    server.run()
+    # Bind before the lifespan starts loading models: a port already in use ends the process at
+    # once instead of after a load of minutes.
+    try:
+        listener = server.config.bind_socket()  # logs the OS error and exits 3 when it cannot bind
+    except SystemExit:
+        print(f"compat-api: cannot listen on {settings.host}:{settings.port}", file=sys.stderr)
+        raise
+    server.run(sockets=[listener])
     app = server.config.app
     if isinstance(app, FastAPI) and getattr(app.state, "startup_error", None):
         sys.exit(1)  # the clear line is already in the log

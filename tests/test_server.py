@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +52,21 @@ def test_a_configured_model_that_cannot_load_stops_start_up(tmp_path: Path) -> N
     assert proc.returncode != 0
     assert "is not a directory" in out
     assert "Uvicorn running" not in out
+
+
+def test_a_port_in_use_ends_start_up_before_any_model_loads() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "compat_api", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "RERANK_TORCH_THREADS": "1"},
+        )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "address already in use" in out.lower()
+    assert "loading" not in out, "the model load must not start when the server cannot listen"
