@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -42,6 +43,14 @@ def available_cores(cgroup: Path = CGROUP) -> int:
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
+class _EnvironmentSource(EnvSettingsSource):
+    """Environment variables, a blank one (empty or only spaces) counted as unset: a template's
+    `MODEL_PATH=" "` must not hide RERANK_MODEL_PATH and serve the bundled model instead."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name: value for name, value in super()._load_env_vars().items() if value is None or value.strip()}
+
+
 class Settings(BaseSettings):
     """Rerank API server. Every option is also an environment variable RERANK_<OPTION>
     (upper case, underscores); MODEL_PATH works as in the original deployment."""
@@ -57,6 +66,17 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         allow_inf_nan=False,  # RERANK_SHUTDOWN_GRACE=inf and the like are refused, named
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvironmentSource(settings_cls), dotenv_settings, file_secret_settings
 
     model_path: str | None = Field(
         None,

@@ -39,10 +39,11 @@ def test_blank_model_path_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().model_path is None
 
 
-def test_an_empty_model_path_does_not_hide_the_prefixed_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`MODEL_PATH=` left empty in a template must not turn RERANK_MODEL_PATH off (and serve the
-    bundled model in place of the configured one)."""
-    monkeypatch.setenv("MODEL_PATH", "")
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_model_path_does_not_hide_the_prefixed_one(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    """`MODEL_PATH=` left empty (or spaces) in a template must not turn RERANK_MODEL_PATH off (and
+    serve the bundled model in place of the configured one)."""
+    monkeypatch.setenv("MODEL_PATH", blank)
     monkeypatch.setenv("RERANK_MODEL_PATH", "/mnt/auto/bge-reranker-v2-m3")
     assert Settings().model_path == "/mnt/auto/bge-reranker-v2-m3"
 
