@@ -15,6 +15,7 @@ fingerprints, reload errors) needs a key, as `/metrics` does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
@@ -30,6 +31,7 @@ from compat_api.core.errors import CoreError
 from compat_api.core.registry import WARMUP_DOCUMENTS, WARMUP_QUERY, ModelRegistry, ReloadResult, ServedModel
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 BUSY_WINDOW_S = 10.0  # a model call running for less than this shows a working model
 
@@ -152,7 +154,10 @@ async def probe(served: ServedModel, max_age: float, timeout: float) -> str | No
         return None
     if isinstance(error, CoreError):
         return error.message
-    raise error
+    # A bug below the engine (say, the tokenizer raising on the probe's text): the model cannot
+    # answer, so /health says why in a 503 instead of failing with a 500 of its own.
+    log.error("the health probe of %s failed", served.info.name, exc_info=error)
+    return f"the probe failed: {type(error).__name__}: {error}"
 
 
 def _answer(body: HealthResponse, ok: bool) -> JSONResponse:

@@ -65,6 +65,22 @@ def test_health_is_503_when_the_model_cannot_score(tiny_reranker_dir: Path) -> N
         assert failed.json()["type"] == "backend"
 
 
+def test_a_probe_that_raises_a_bug_is_a_503_that_says_why(tiny_reranker_dir: Path) -> None:
+    settings = make_settings(model_path=str(tiny_reranker_dir), health_max_age=0.0)
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.registry.models[0].engine  # type: ignore[attr-defined]
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise ValueError("the tokenizer choked")
+
+        engine.score = broken
+        response = client.get("/health")
+        assert response.status_code == 503
+        body = HealthResponse.model_validate(response.json())
+        assert body.status == "unhealthy"
+        assert body.models is not None and body.models[0].error == "the probe failed: ValueError: the tokenizer choked"
+
+
 def test_a_slow_probe_answers_within_the_health_timeout_and_counts_later(
     tiny_reranker_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
