@@ -48,15 +48,20 @@ def _model_files(directory: Path) -> list[Path]:
     """The directory's model files, and those of its subdirectories one level down (a
     sentence-transformers model keeps its pooling and normalization in `1_Pooling/`, `2_Normalize/`)."""
     files: list[Path] = []
-    for entry in sorted(directory.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    for entry in _visible(directory):
         if entry.is_dir():
-            files += [f for f in sorted(entry.iterdir())
-                      if f.is_file() and f.suffix in MODEL_FILES and not f.name.startswith(".")]  # fmt: skip
-        elif entry.is_file() and entry.suffix in MODEL_FILES:
+            files += [f for f in _visible(entry) if _is_model_file(f)]
+        elif _is_model_file(entry):
             files.append(entry)
     return files
+
+
+def _visible(directory: Path) -> list[Path]:
+    return [entry for entry in sorted(directory.iterdir()) if not entry.name.startswith(".")]
+
+
+def _is_model_file(entry: Path) -> bool:
+    return entry.is_file() and entry.suffix in MODEL_FILES
 
 
 def code_fingerprint(path: str | Path) -> str:
