@@ -92,7 +92,8 @@ def verify(directory: Path) -> None:
 
 
 def status(target: Path) -> str:
-    """`missing`, `ours` (downloaded here, unchanged), `changed` (ours, modified since) or `foreign`."""
+    """`missing`, `ours` (downloaded here, unchanged), `changed` (ours, modified since; or its
+    marker unreadable) or `foreign`."""
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return "missing"
     marker = target / MARKER
@@ -104,10 +105,12 @@ def status(target: Path) -> str:
         if not isinstance(files, dict):
             raise ValueError("it holds no file list")
     except (OSError, ValueError, KeyError) as exc:
-        raise ProvisionError(
-            f"the download marker {marker} is unreadable ({type(exc).__name__}: {exc}): delete it, or run "
-            "download-model --force to replace the model (the old one is kept as a backup)"
-        ) from exc
+        # Our bookkeeping, not the model: the files are left as they are (the load checks them)
+        # rather than an instance refusing to start over a damaged note.
+        log.warning("the download marker %s is unreadable (%s: %s): the model there is kept as it is, as "
+                    "one changed since its download; download-model --force replaces it", marker,
+                    type(exc).__name__, exc)  # fmt: skip
+        return "changed"
     return "ours" if files == manifest(target) else "changed"
 
 
@@ -181,12 +184,7 @@ def _drop_abandoned(target: Path) -> None:
 def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "huggingface",
               revision: str | None = None, force: bool = False, endpoint: str | None = None) -> str:  # fmt: skip
     """Put the model at `target`; returns what happened (`downloaded`, `verified`, `kept`)."""
-    try:
-        state = status(target)
-    except ProvisionError:
-        if not force:
-            raise
-        state = "changed"
+    state = status(target)
     if state == "ours":
         log.info("%s already holds the downloaded model, unchanged", target)
         return "verified"
@@ -212,10 +210,7 @@ def provision(target: Path, *, model_id: str = DEFAULT_MODEL, source: str = "hug
         marker = {"model_id": model_id, "source": source, "revision": revision, "files": files,
                   "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
         (staging / MARKER).write_text(json.dumps(marker, indent=2))
-        try:
-            now = status(target)
-        except ProvisionError:
-            now = "changed"
+        now = status(target)
         if now == "ours" and not force:
             log.info("another instance put the model at %s meanwhile; keeping it", target)
             return "verified"
