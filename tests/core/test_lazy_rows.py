@@ -146,6 +146,10 @@ def test_the_rows_copy_is_made_once_per_model_version(tmp_path: Path) -> None:
     made = first.stat().st_mtime_ns
     assert pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes) == first
     assert first.stat().st_mtime_ns == made  # reused, not rewritten
+    with first.open("r+b") as damaged:  # cut short behind the service's back (a full disk, a bad copy)
+        damaged.truncate(nbytes // 2)
+    assert pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes) == first
+    assert first.read_bytes() == (model / "model.safetensors").read_bytes()[offset : offset + nbytes], "made again"
     saved(model / "model.safetensors", seed=1)  # a new version: its own copy
     second = pin_rows(str(model), str(cache), str(model / "model.safetensors"), offset, nbytes)
     assert second != first and second.read_bytes() != first.read_bytes()

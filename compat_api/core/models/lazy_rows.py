@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import shutil
 import threading
 import weakref
 from pathlib import Path
@@ -153,6 +154,9 @@ def pin_rows(model_path: str, cache_dir: str, source: str, offset: int, nbytes: 
     version = directory / version_key(model_path, "rows", f"{Path(source).name}|{offset}|{nbytes}")
     target = version / ROWS
     if not (target.is_file() and target.stat().st_size == nbytes):
+        # A damaged copy (cut short outside this service's atomic writes) is made again: a rename
+        # onto it would fail and leave it serving. A server reading it keeps its open file.
+        shutil.rmtree(version, ignore_errors=True)
         with staging(version) as work, open(source, "rb", buffering=0) as src, open(work / ROWS, "wb") as out:
             src.seek(offset)
             left = nbytes
