@@ -136,6 +136,7 @@ class CrossEncoderScorer(Scorer):
     def steps(self, query: str, documents: Sequence[str], options: EncodeOptions, encoding: Encoding) -> Iterator[Step]:
         q_ids = self._ids([query], self._query_max_length)[0]
         room = self._max_length - len(q_ids) - self._pair_specials
+        q_trip: int | None = None
         for start, stop in document_slices(documents):
             texts = list(documents[start:stop])
             cut_here: list[bool] = []  # per piece: a cut the server made (chunk, truncation, max_doc_tokens)
@@ -144,9 +145,12 @@ class CrossEncoderScorer(Scorer):
             else:
                 pieces = []
                 for ids in self._ids(texts, None):
-                    parts = (
-                        [ids] if self._round_trip_fits(q_ids, ids, room, options) else fit_document(ids, room, options)
-                    )
+                    whole = False
+                    if self._band(ids, room, options):
+                        if q_trip is None:  # the query's round trip once per request
+                            q_trip = self._round_trip_len(q_ids)
+                        whole = q_trip + self._round_trip_len(ids) + self._pair_specials <= self._max_length
+                    parts = [ids] if whole else fit_document(ids, room, options)
                     pieces.append(parts)
                     cut_here += [not (len(parts) == 1 and parts[0] == ids)] * len(parts)
             owners = [start + doc for doc, parts in enumerate(pieces) for _ in parts]
@@ -160,25 +164,23 @@ class CrossEncoderScorer(Scorer):
                 encoding.bill(owners[i : i + ITEMS_PER_STEP], items)
                 yield items
 
-    def _round_trip_fits(self, q_ids: list[int], ids: list[int], room: int, options: EncodeOptions) -> bool:
-        """Whether a document longer than the room beside the query is still scored whole by
+    def _band(self, ids: list[int], room: int, options: EncodeOptions) -> bool:
+        """Whether a document longer than the room beside the query may still be scored whole by
         FlagEmbedding: under transformers 5 its pairs go ids -> text -> ids, a round trip that can
-        shorten a text the vocabulary lacks characters of. (A document the request caps, with
-        `max_doc_tokens`, is cut as asked.)"""
+        shorten a text the vocabulary lacks characters of (`_round_trip_len` decides). A document
+        the request caps, with `max_doc_tokens`, is cut as asked."""
         capped = options.max_doc_tokens is not None and len(ids) > options.max_doc_tokens
-        if len(ids) <= room or capped or self._legacy_pairs or len(ids) > self._max_length:
-            return False
+        return not (len(ids) <= room or capped or self._legacy_pairs or len(ids) > self._max_length)
+
+    def _round_trip_len(self, token_ids: list[int]) -> int:
+        """How many ids `token_ids` become once decoded to text and encoded again."""
         backend, tok = self._backend, self.tokenizer
-
-        def round_trip(token_ids: list[int]) -> int:
-            if backend is not None:
-                backend.no_truncation()
-                return len(backend.encode(backend.decode(token_ids, skip_special_tokens=False),
-                                          add_special_tokens=False).ids)  # fmt: skip
-            text = tok.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-        return round_trip(q_ids) + round_trip(ids) + self._pair_specials <= self._max_length
+        if backend is not None:
+            backend.no_truncation()
+            return len(backend.encode(backend.decode(token_ids, skip_special_tokens=False),
+                                      add_special_tokens=False).ids)  # fmt: skip
+        text = tok.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _pieces(self, q_ids: list[int], d_ids: list[list[int]], cut_here: list[bool]) -> list[dict[str, list[int]]]:
         """Each pair's features: a whole document through `_pairs` (FlagEmbedding's own path), a
